@@ -1,0 +1,26 @@
+"""Datasets. A dataset ``type:`` in an option file is a name in :data:`DATASETS`.
+
+Contract of a dataset class (see ``paired_folder.py`` for the reference one):
+
+* a nested dataclass ``Options`` with the option keys it accepts and a
+  ``check(src, key_path)`` method that raises :class:`ggt_ir.config.OptionsError` for bad
+  paths before any model is built;
+* ``__init__(self, opts)``;
+* for training: ``train_loader(seed, rank, world_size, start_iter) -> Iterator[dict]``, an endless
+  stream of this rank's batches that starts after ``start_iter`` micro-batches already served;
+* for validation: map-style ``__len__`` / ``__getitem__(i) -> dict`` (the trainer gives each
+  rank a disjoint slice).
+
+Samples and batches are dicts: ``lq``/``gt`` float tensors in [0, 1], CHW (BCHW in batches),
+and ``key``, ``category``, ``prompt`` strings (lists in batches).
+"""
+from ggt_ir.registry import Registry
+
+DATASETS = Registry(
+    "dataset",
+    {
+        "PairedFolder": "ggt_ir.data.paired_folder:PairedFolderDataset",
+        # BasicSR's name for the same thing, so BasicSR option files read naturally
+        "PairedImageDataset": "ggt_ir.data.paired_folder:PairedFolderDataset",
+    },
+)

@@ -1,0 +1,130 @@
+"""Paired image folders: an LQ folder and a GT folder with the same stems, or one root in a
+GGT-style layout (``<root>/[split/][category/]{LQ,GT}/<name>.<ext>``; see ``pairing.py``)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from ggt_ir.config import OptionsError
+from ggt_ir.data.pairing import Pair, find_pairs, pairs_from_two_folders
+from ggt_ir.data.sampler import ResumableBatchSampler
+from ggt_ir.data.transforms import check_pair_size, paired_flip_rot, paired_random_crop
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as float32 RGB HWC in [0, 1]; 8- and 16-bit, gray and RGBA are accepted."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if img is None:
+        raise OSError(f"cannot decode image {path} (corrupt, truncated or not an image)")
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    else:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0
+    return img.astype(np.float32) / scale
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def collate(samples: list[dict]) -> dict:
+    out = {}
+    for k in samples[0]:
+        vals = [s[k] for s in samples]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+class PairedFolderDataset(torch.utils.data.Dataset):
+    @dataclass
+    class Options:
+        name: str = "paired"
+        type: str = "PairedFolder"
+        dataroot: Optional[str] = None  # a GGT-style tree; or give both folders below
+        dataroot_lq: Optional[str] = None
+        dataroot_gt: Optional[str] = None
+        split: Optional[str] = None  # keep only this split of a GGT-style tree (train | test)
+        categories: Optional[List[str]] = None  # keep only these categories (default: all)
+        scale: int = 1
+        gt_size: int = 0  # training crop size on the GT side; 0 = whole images
+        use_hflip: bool = True
+        use_rot: bool = True
+        batch_size_per_gpu: int = 1
+        num_worker_per_gpu: int = 2
+        pin_memory: bool = False
+        prompt: str = ""  # fixed prompt passed to the batch (generative models)
+
+        def check(self, src: str, key: str) -> None:
+            if self.dataroot:
+                if not Path(self.dataroot).is_dir():
+                    raise OptionsError(f"{src}: {key}.dataroot: folder not found: {self.dataroot}. "
+                                       "Build the demo data with `make demo-data`, or fix the path.")
+            else:
+                for k in ("dataroot_lq", "dataroot_gt"):
+                    v = getattr(self, k)
+                    if not v:
+                        raise OptionsError(f"{src}: {key} needs 'dataroot' or both 'dataroot_lq' and 'dataroot_gt'")
+                    if not Path(v).is_dir():
+                        raise OptionsError(f"{src}: {key}.{k}: folder not found: {v}")
+
+    def __init__(self, opts: "PairedFolderDataset.Options"):
+        self.opts = opts
+        if opts.dataroot:
+            report = find_pairs(opts.dataroot)
+        else:
+            report = pairs_from_two_folders(opts.dataroot_lq, opts.dataroot_gt)
+        pairs = report.pairs
+        if opts.split:
+            pairs = [p for p in pairs if p.split == opts.split]
+        if opts.categories:
+            pairs = [p for p in pairs if p.category in set(opts.categories)]
+        if not pairs:
+            where = opts.dataroot or f"{opts.dataroot_lq} + {opts.dataroot_gt}"
+            raise OptionsError(f"dataset '{opts.name}': no LQ/GT pairs found in {where}"
+                               f" (split={opts.split}, categories={opts.categories}); {report.summary()}")
+        self.pairs: list[Pair] = pairs
+        self.unpaired = report.unpaired
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, item) -> dict:
+        # item is an index (validation) or (index, augmentation seed) (training)
+        index, aug_seed = item if isinstance(item, tuple) else (item, None)
+        p = self.pairs[index]
+        lq, gt = read_image(p.lq), read_image(p.gt)
+        names = (str(p.lq), str(p.gt))
+        if aug_seed is not None:
+            rng = np.random.default_rng(aug_seed)
+            if self.opts.gt_size:
+                lq, gt = paired_random_crop(lq, gt, self.opts.gt_size, self.opts.scale, rng, names)
+            else:
+                check_pair_size(lq, gt, self.opts.scale, names)
+            lq, gt = paired_flip_rot(lq, gt, self.opts.use_hflip, self.opts.use_rot, rng)
+        else:
+            check_pair_size(lq, gt, self.opts.scale, names)
+        return {"lq": to_tensor(lq), "gt": to_tensor(gt), "key": p.key, "category": p.category,
+                "prompt": self.opts.prompt}
+
+    def train_loader(self, seed: int, rank: int, world_size: int, start_iter: int) -> Iterator[dict]:
+        sampler = ResumableBatchSampler(len(self), self.opts.batch_size_per_gpu, seed=seed, rank=rank,
+                                        world_size=world_size, start=start_iter)
+        self.batches_per_epoch = sampler.batches_per_epoch  # shown as the epoch in the training log
+        workers = self.opts.num_worker_per_gpu
+        return iter(torch.utils.data.DataLoader(
+            self, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+            pin_memory=self.opts.pin_memory, persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+            # its own generator: creating the loader must not draw from the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(seed),
+        ))

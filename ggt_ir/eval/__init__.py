@@ -1,0 +1,1 @@
+"""Evaluation: metrics (torch PSNR/SSIM here; the pyiqa-backed suite alongside) and scoring loops."""

@@ -1,0 +1,1 @@
+"""Training: the generic trainer loop, the per-family steps, checkpoints and EMA."""

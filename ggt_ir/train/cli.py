@@ -1,0 +1,55 @@
+"""``train.py`` / ``ggt-ir train``: parse the command line, load options, train."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train.py", description="Train an image-restoration model from an option file.",
+        epilog="Multi-GPU: accelerate launch --multi_gpu --num_processes 8 train.py -opt X.yml. "
+               "See README, 'Distributed training'.")
+    p.add_argument("-opt", "--opt", required=True, help="option file (YAML)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. --set train.total_iter=2000 datasets.train.batch_size_per_gpu=8")
+    p.add_argument("--resume", metavar="latest|PATH",
+                   help="resume from the newest checkpoint of this run ('latest') or a checkpoint folder")
+    p.add_argument("--auto_resume", "--auto-resume", action="store_true", help="same as --resume latest")
+    p.add_argument("--debug", action="store_true",
+                   help="debug run: name prefixed 'debug_', log every iteration, validate and save every 8")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ggt_ir.config import OptionsError, load_options
+
+    try:
+        opt = load_options(args.opt, args.set, debug=args.debug)
+    except (OptionsError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from ggt_ir.train.trainer import Trainer
+
+    command = " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
+    trainer = Trainer(opt, resume="latest" if args.auto_resume else args.resume, command=command)
+    trainer.fit()
+    return 0
+
+
+def run_and_exit(argv: list[str] | None = None) -> None:
+    """Entry for train.py: under torch.distributed, tear down explicitly and skip interpreter exit,
+    where gloo intermittently aborts (SIGABRT) after the work is done."""
+    code = main(argv)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

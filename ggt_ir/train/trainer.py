@@ -1,0 +1,283 @@
+"""The generic training loop (one for every model family; the family lives in a step).
+
+data (``datasets.train``) -> step (``model_type``: networks, losses, optimizers) -> validation
+(``datasets.val*``, sharded over ranks) -> checkpoints (atomic, all ranks) -> trackers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ggt_ir.config import Options, options_to_yaml
+from ggt_ir.eval.psnr_ssim import METRIC_FUNCTIONS, quantize
+from ggt_ir.train.checkpoint import resolve_resume, save_checkpoint
+from ggt_ir.train.logging import message_line, results_table, setup_logger
+from ggt_ir.utils.images import save_png, side_by_side
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Counters restored on resume (registered with accelerate's checkpointing)."""
+
+    iter: int = 0
+    skipped_samples: int = 0
+    nonfinite_steps: int = 0
+    best: dict = dataclasses.field(default_factory=dict)  # "valset/metric" -> {"value", "iter"}
+    last: dict = dataclasses.field(default_factory=dict)  # "valset/metric" -> value
+    inputs: dict = dataclasses.field(default_factory=dict)  # "valset/metric" -> score of the LQ input itself
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def _flat_config(opt: Options) -> dict:
+    """Scalars only (TensorBoard's hparams refuse nested values)."""
+    out = {}
+
+    def walk(prefix, x):
+        if dataclasses.is_dataclass(x):
+            x = {f.name: getattr(x, f.name) for f in dataclasses.fields(x)}
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix[:-1]] = x if isinstance(x, (int, float, str, bool)) else str(x)
+
+    walk("", opt)
+    return out
+
+
+class Trainer:
+    def __init__(self, opt: Options, resume: str | None = None, command: str | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        from ggt_ir.data import DATASETS
+        from ggt_ir.train.steps import STEPS
+
+        self.opt = opt
+        t = opt.train
+        self.exp_dir = opt.experiment_dir
+        self.ckpt_root = self.exp_dir / "checkpoints"
+        resume = resume or opt.path.resume_state
+        trackers = list(opt.logger.trackers)
+        if "wandb" in trackers and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"  # no key: log locally, `wandb sync` later
+        self.acc = acc = Accelerator(
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            mixed_precision=t.mixed_precision,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.exp_dir), logging_dir=str(self.exp_dir / "tb")),
+        )
+        self.resume_dir = resolve_resume(resume, self.ckpt_root)
+        if acc.is_main_process and self.resume_dir is None and self.exp_dir.exists() and any(self.exp_dir.iterdir()):
+            archived = self.exp_dir.with_name(f"{self.exp_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
+            self.exp_dir.rename(archived)  # never overwrite an earlier run (BasicSR does the same)
+        acc.wait_for_everyone()
+        stamp = time.strftime("%Y%m%d_%H%M%S")
+        self.log = setup_logger(opt.name, self.exp_dir / f"train_{opt.name}_{stamp}.log", acc.is_main_process)
+        if acc.is_main_process:
+            self.exp_dir.mkdir(parents=True, exist_ok=True)
+            cmd = command or " ".join(shlex.quote(a) for a in sys.argv)
+            (self.exp_dir / "options.yml").write_text(f"# command: {cmd}\n# time: {stamp}\n" + options_to_yaml(opt))
+            with open(self.exp_dir / "commands.txt", "a") as f:
+                f.write(f"{stamp} {cmd}\n")
+            if resume == "latest" and self.resume_dir is None:
+                self.log.info("--resume latest: no checkpoint yet in %s, starting from scratch", self.ckpt_root)
+        # the same seed on every rank while networks are built (identical initial weights and EMA copies),
+        # then a per-rank seed for what should differ between ranks (dropout, drop-path)
+        set_seed(opt.manual_seed)
+        self.state = TrainState()
+        self.step = STEPS.get(opt.model_type)(opt, acc, self.log)
+        set_seed(opt.manual_seed, device_specific=True)
+        acc.register_for_checkpointing(self.state)
+        if self.resume_dir is not None:
+            acc.load_state(str(self.resume_dir))  # models, optimizers, schedulers, EMA, RNG, counters
+            self.log.info("resumed from %s at iteration %d", self.resume_dir, self.state.iter)
+
+        if "train" not in opt.datasets:
+            raise ValueError(f"{opt.source_file}: no datasets.train block")
+        self.train_set = DATASETS.get(opt.datasets["train"].type)(opt.datasets["train"])
+        self.val_sets = {k: DATASETS.get(v.type)(v) for k, v in opt.val_sets().items()}
+        if acc.is_main_process and trackers:
+            acc.init_trackers(opt.name, config=_flat_config(opt),
+                              init_kwargs={"wandb": {"dir": str(self.exp_dir), "name": opt.name,
+                                                     **({"project": opt.logger.wandb_project}
+                                                        if opt.logger.wandb_project else {})}})
+
+    # ------------------------------------------------------------------ helpers
+    def _banner(self) -> None:
+        o, acc = self.opt, self.acc
+        ds = o.datasets["train"]
+        bs, accum = ds.batch_size_per_gpu, o.train.gradient_accumulation_steps
+        lines = {
+            "experiment": f"{o.name} -> {self.exp_dir}",
+            **self.step.describe(),
+            "train data": f"{ds.type}, {len(self.train_set) if hasattr(self.train_set, '__len__') else 'stream'} samples",
+            "val sets": ", ".join(f"{k} ({len(v)} images)" for k, v in self.val_sets.items()) or "none",
+            "processes": f"{acc.num_processes} ({acc.distributed_type.value}, device {acc.device})",
+            "batch per device": bs,
+            "gradient accumulation": accum,
+            "global batch": f"{bs * acc.num_processes * accum} (= {bs} x {acc.num_processes} processes x {accum})",
+            "total iterations": f"{o.train.total_iter:,} (starting at {self.state.iter:,})",
+            "mixed precision": o.train.mixed_precision,
+        }
+        w = max(map(len, lines))
+        self.log.info("start-up\n" + "\n".join(f"  {k:<{w}} : {v}" for k, v in lines.items()))
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.acc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Every rank scores a disjoint slice of each val set; sums are reduced across ranks."""
+        acc, o, it = self.acc, self.opt, self.state.iter
+        results = {}
+        metric_items = list(o.val.metrics.items())
+        for set_name, dataset in self.val_sets.items():
+            indices = range(acc.process_index, len(dataset), acc.num_processes)
+            # [model metrics..., input (LQ) metrics..., image count]
+            sums = torch.zeros(2 * len(metric_items) + 1, dtype=torch.float64, device=acc.device)
+            nm = len(metric_items)
+            saved = 0
+            bar = tqdm(indices, desc=f"val {set_name}", leave=False,
+                       disable=not (acc.is_main_process and o.val.pbar))
+            for i in bar:
+                sample = dataset[i]
+                lq = sample["lq"][None].to(acc.device)
+                out = quantize(self.step.restore(lq))
+                if "gt" in sample:
+                    gt = sample["gt"][None].to(acc.device)
+                    same_size = lq.shape == gt.shape
+                    for j, (_, m) in enumerate(metric_items):
+                        fn = METRIC_FUNCTIONS[m.type]
+                        sums[j] += fn(out, gt, m.crop_border, m.test_y_channel).sum()
+                        if same_size:
+                            sums[nm + j] += fn(quantize(lq), gt, m.crop_border, m.test_y_channel).sum()
+                sums[-1] += 1
+                if o.val.save_img and saved < o.val.num_save_img:
+                    panels = (lq, out) + ((sample["gt"][None],) if "gt" in sample else ())
+                    key = sample["key"].replace("/", "__")
+                    save_png(side_by_side(*panels), self.exp_dir / "visualization" / set_name / f"{key}_{it}.png")
+                    saved += 1
+            if acc.num_processes > 1:
+                sums = acc.reduce(sums, reduction="sum")
+            n = max(1, int(sums[-1].item()))
+            for j, (mname, m) in enumerate(metric_items):
+                value = (sums[j] / n).item()
+                key = f"{set_name}/{mname}"
+                results[key] = value
+                self.state.last[key] = value
+                self.state.inputs[key] = (sums[nm + j] / n).item()
+                best = self.state.best.get(key)
+                better = best is None or (value > best["value"] if m.better == "higher" else value < best["value"])
+                if better:
+                    self.state.best[key] = {"value": value, "iter": it}
+        if results:
+            self.log.info("validation @ iter %d: %s", it, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
+            acc.log({f"val/{k}": v for k, v in results.items()}, step=it)
+        return results
+
+    def results_rows(self) -> list:
+        rows = []
+        for key, value in self.state.last.items():
+            set_name, metric = key.split("/", 1)
+            b = self.state.best.get(key, {"value": value, "iter": self.state.iter})
+            rows.append((set_name, metric, self.state.inputs.get(key, float("nan")), value, b["value"], b["iter"]))
+        return rows
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        acc, o, st = self.acc, self.opt, self.state
+        t, lg = o.train, o.logger
+        accum = t.gradient_accumulation_steps
+        self._banner()
+        loader = self.train_set.train_loader(seed=o.manual_seed, rank=acc.process_index,
+                                             world_size=acc.num_processes, start_iter=st.iter * accum)
+        batches_per_epoch = getattr(self.train_set, "batches_per_epoch", None)
+        bar = tqdm(total=t.total_iter, initial=st.iter, desc=o.name, dynamic_ncols=True,
+                   disable=not acc.is_local_main_process)
+        sums: dict[str, torch.Tensor] = {}
+        count, t_iter, t_data = 0, 0.0, 0.0
+        start_it, t0 = st.iter, time.time()
+        while st.iter < t.total_iter:
+            tic = time.time()
+            for _ in range(accum):
+                td = time.time()
+                batch = next(loader)
+                st.skipped_samples += int(batch.pop("skipped", 0) or 0)
+                t_data += time.time() - td
+                out = self.step.train_step(self._to_device(batch), st.iter + 1)
+                if "nonfinite" in out:
+                    st.nonfinite_steps += 1
+                    self.log.warning("iteration %d: non-finite loss, update skipped (train.skip_nonfinite)", st.iter + 1)
+                    continue
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0) + v.float()
+                count += 1
+            st.iter += 1
+            t_iter += time.time() - tic
+            bar.update(1)
+            if st.iter % lg.print_freq == 0 or st.iter == t.total_iter:
+                vals = {k: v / max(count, 1) for k, v in sums.items()}
+                if acc.num_processes > 1 and vals:
+                    vals = {k: acc.reduce(v.reshape(1), reduction="mean") for k, v in vals.items()}
+                vals = {k: float(v) for k, v in vals.items()}
+                n_it = st.iter - start_it
+                eta = (time.time() - t0) / max(n_it, 1) * (t.total_iter - st.iter)
+                epoch = (st.iter * accum) // batches_per_epoch if batches_per_epoch else None
+                extra = {"skipped": st.skipped_samples} if st.skipped_samples else {}
+                self.log.info(message_line(o.name, epoch, st.iter, self.step.current_lr(), eta,
+                                           t_iter / lg.print_freq, t_data / lg.print_freq, {**vals, **extra}))
+                bar.set_postfix({k: f"{v:.3e}" for k, v in vals.items()} | {"lr": f"{self.step.current_lr():.2e}"})
+                acc.log({**{f"train/{k}": v for k, v in vals.items()}, "train/lr": self.step.current_lr(),
+                         "train/skipped_samples": st.skipped_samples}, step=st.iter)
+                sums, count, t_iter, t_data = {}, 0, 0.0, 0.0
+            if self.val_sets and (st.iter % o.val.val_freq == 0 or st.iter == t.total_iter):
+                self.validate()
+            if st.iter % lg.save_checkpoint_freq == 0 or st.iter == t.total_iter:
+                self.save()
+        bar.close()
+        return self.finish()
+
+    def save(self) -> None:
+        it = self.state.iter
+        path = save_checkpoint(self.acc, self.ckpt_root, it, self.opt.logger.keep_last)
+        if self.acc.is_main_process:
+            files = self.step.export(self.exp_dir / "models" / f"net_g_{it}", it)
+            self.step.export(self.exp_dir / "models" / "net_g_latest", it)
+            self.log.info("saved %s and %s", path, ", ".join(files))
+        self.acc.wait_for_everyone()
+
+    def finish(self) -> dict:
+        acc, st = self.acc, self.state
+        summary = {"name": self.opt.name, "iter": st.iter, "skipped_samples": st.skipped_samples,
+                   "nonfinite_steps": st.nonfinite_steps, "last": st.last, "best": st.best, "input": st.inputs,
+                   "experiment_dir": str(self.exp_dir)}
+        if acc.is_main_process:
+            (self.exp_dir / "results.json").write_text(json.dumps(summary, indent=2))
+            rows = self.results_rows()
+            if rows:
+                self.log.info("results after %d iterations\n%s", st.iter, results_table(rows))
+                vis = sorted((self.exp_dir / "visualization").rglob(f"*_{st.iter}.png"))
+                if vis:
+                    shutil.copyfile(vis[0], self.exp_dir / "sample_lq_output_hq.png")
+                    self.log.info("side-by-side (LQ | output | HQ): %s", self.exp_dir / "sample_lq_output_hq.png")
+        acc.wait_for_everyone()
+        acc.end_training()
+        return summary

@@ -1,0 +1,95 @@
+"""Option files: typed schema, helpful errors, includes, overrides, debug mode."""
+import pytest
+import yaml
+
+from ggt_ir.config import OptionsError, load_options, options_to_yaml
+from helpers import tiny_options, write_options
+
+
+def _write(tmp_path, opt, name="opt.yml"):
+    return write_options(tmp_path / name, opt)
+
+
+def test_demo_option_file_loads(demo_root, tmp_path):
+    opt = load_options("options/demo/swinir_demo.yml", check_paths=False)
+    assert opt.network_g["type"] == "SwinIR"
+    assert opt.datasets["train"].gt_size == 64
+    assert opt.train.optim_g.lr == pytest.approx(1e-3)
+    assert list(opt.val_sets()) == ["val"]
+
+
+def test_unknown_key_names_file_path_and_closest_key(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["train"]["optim_g"]["wieght_decay"] = 0.1
+    path = _write(tmp_path, opt)
+    with pytest.raises(OptionsError) as e:
+        load_options(path)
+    msg = str(e.value)
+    assert str(path) in msg and "train.optim_g.wieght_decay" in msg and "weight_decay" in msg
+
+
+def test_unknown_dataset_key_and_network_kwarg(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["datasets"]["train"]["gt_sise"] = 64
+    with pytest.raises(OptionsError, match=r"datasets\.train\.gt_sise.*gt_size"):
+        load_options(_write(tmp_path, opt))
+    opt = tiny_options(demo_root, tmp_path)
+    opt["network_g"]["embed_dims"] = 8
+    with pytest.raises(OptionsError, match=r"network_g\.embed_dims.*embed_dim"):
+        load_options(_write(tmp_path, opt))
+
+
+def test_wrong_type_names_key_and_value(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["train"]["total_iter"] = "many"
+    with pytest.raises(OptionsError) as e:
+        load_options(_write(tmp_path, opt))
+    assert "train.total_iter" in str(e.value) and "many" in str(e.value)
+
+
+def test_bad_choice_is_reported(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["train"]["mixed_precision"] = "fp8"
+    with pytest.raises(OptionsError, match="train.mixed_precision.*fp16"):
+        load_options(_write(tmp_path, opt))
+    opt = tiny_options(demo_root, tmp_path)
+    opt["network_g"]["type"] = "SwinIr"
+    with pytest.raises(OptionsError, match="SwinIR"):
+        load_options(_write(tmp_path, opt))
+
+
+def test_missing_dataset_folder_fails_before_model_build(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["datasets"]["val"]["dataroot"] = str(tmp_path / "nowhere")
+    with pytest.raises(OptionsError, match=r"datasets\.val\.dataroot: folder not found"):
+        load_options(_write(tmp_path, opt))
+
+
+def test_include_and_overrides(demo_root, tmp_path):
+    base = tiny_options(demo_root, tmp_path)
+    _write(tmp_path, base, "base.yml")
+    (tmp_path / "child.yml").write_text(yaml.safe_dump(
+        {"include": "base.yml", "name": "child", "train": {"total_iter": 42}}))
+    opt = load_options(tmp_path / "child.yml", ["train.optim_g.lr=5e-4", "datasets.train.batch_size_per_gpu=3"])
+    assert opt.name == "child"
+    assert opt.train.total_iter == 42  # from the child
+    assert opt.train.warmup_iter == 2  # from the base
+    assert opt.train.optim_g.lr == pytest.approx(5e-4)
+    assert opt.datasets["train"].batch_size_per_gpu == 3
+    with pytest.raises(OptionsError, match="train.totl_iter.*total_iter"):
+        load_options(tmp_path / "child.yml", ["train.totl_iter=1"])
+
+
+def test_include_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yml").write_text("include: b.yml\n")
+    (tmp_path / "b.yml").write_text("include: a.yml\n")
+    with pytest.raises(OptionsError, match="include cycle"):
+        load_options(tmp_path / "a.yml")
+
+
+def test_debug_mode_and_resolved_yaml_roundtrip(demo_root, tmp_path):
+    opt = load_options(_write(tmp_path, tiny_options(demo_root, tmp_path)), debug=True)
+    assert opt.name == "debug_tiny" and opt.logger.print_freq == 1 and opt.val.val_freq == 8
+    resolved = yaml.safe_load(options_to_yaml(opt))
+    assert resolved["train"]["optim_g"]["type"] == "AdamW"
+    assert resolved["datasets"]["train"]["gt_size"] == 16
