@@ -130,3 +130,23 @@ def test_existing_run_folder_is_archived_not_overwritten(demo_root, tmp_path):
     GradientState._reset_state()
     _train(_opts(demo_root, tmp_path, name="again", train__total_iter=1))
     assert len(list((tmp_path / "exp").glob("again_archived_*"))) == 1
+
+
+def test_trackers_receive_scalars_and_images_offline(demo_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the trainer must pick offline mode by itself
+    opt = _opts(demo_root, tmp_path, name="tracked", train__total_iter=3, logger__trackers=["tensorboard", "wandb"])
+    _train(opt)
+    run = tmp_path / "exp" / "tracked"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = [p.parent for p in (run / "tb").rglob("events.out.tfevents.*")]
+    tags = {"scalars": set(), "images": set()}
+    for d in events:
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        for k in tags:
+            tags[k] |= set(acc.Tags()[k])
+    assert {"train/l_pix", "val/val/psnr"} <= tags["scalars"]
+    assert any(t.startswith("val/val/") for t in tags["images"])
+    assert list((run / "wandb").glob("offline-run-*"))

@@ -11,7 +11,8 @@ networks, losses and optimizers. A step class provides:
 * ``train_step(batch) -> dict[str, Tensor]``: one micro-batch inside
   ``accelerator.accumulate(<every trained module>)``; returns detached losses named ``l_*``.
   Call :func:`check_finite` before ``backward``;
-* ``restore(lq) -> Tensor``: inference for validation (the EMA network when there is one);
+* ``restore(lq, sample=None) -> Tensor``: inference for validation (the EMA network when there is
+  one); ``sample`` is the dataset's sample dict (prompt, category, key) for models that condition on it;
 * ``export(path_stem, it)``: write the generator in its official layout;
 * ``describe() -> dict``: figures for the start-up banner (e.g. parameter counts);
 * ``current_lr() -> float``.
@@ -105,7 +106,7 @@ class RegressionStep:
         return self.ema.shadow if self.ema is not None else self.acc.unwrap_model(self.net_g)
 
     @torch.no_grad()
-    def restore(self, lq: torch.Tensor) -> torch.Tensor:
+    def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor:
         net = self.eval_network()
         was_training = net.training
         net.eval()

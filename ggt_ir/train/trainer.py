@@ -160,7 +160,7 @@ class Trainer:
             for i in bar:
                 sample = dataset[i]
                 lq = sample["lq"][None].to(acc.device)
-                out = quantize(self.step.restore(lq))
+                out = quantize(self.step.restore(lq, sample))
                 if "gt" in sample:
                     gt = sample["gt"][None].to(acc.device)
                     same_size = lq.shape == gt.shape
@@ -173,7 +173,10 @@ class Trainer:
                 if o.val.save_img and saved < o.val.num_save_img:
                     panels = (lq, out) + ((sample["gt"][None],) if "gt" in sample else ())
                     key = sample["key"].replace("/", "__")
-                    save_png(side_by_side(*panels), self.exp_dir / "visualization" / set_name / f"{key}_{it}.png")
+                    panel = side_by_side(*panels)
+                    save_png(panel, self.exp_dir / "visualization" / set_name / f"{key}_{it}.png")
+                    if saved == 0 and acc.is_main_process:
+                        self._log_panel(f"val/{set_name}/{key}", panel, it)
                     saved += 1
             if acc.num_processes > 1:
                 sums = acc.reduce(sums, reduction="sum")
@@ -192,6 +195,17 @@ class Trainer:
             self.log.info("validation @ iter %d: %s", it, ", ".join(f"{k} {v:.4f}" for k, v in results.items()))
             acc.log({f"val/{k}": v for k, v in results.items()}, step=it)
         return results
+
+    def _log_panel(self, tag: str, panel, it: int) -> None:
+        """Send an LQ | output | HQ panel to the trackers (main process only)."""
+        for name in self.opt.logger.trackers:
+            tracker = self.acc.get_tracker(name, unwrap=True)
+            if name == "tensorboard":
+                tracker.add_image(tag, panel, it, dataformats="HWC")
+            elif name == "wandb":
+                import wandb
+
+                tracker.log({tag: wandb.Image(panel, caption="LQ | output | HQ")}, step=it)
 
     def results_rows(self) -> list:
         rows = []
