@@ -67,6 +67,33 @@ class LossOptions:
 
 
 @dataclass
+class LPIPSOptions:
+    """LPIPS (VGG) loss for generative restorers; weights from local files (ggt_ir/generative/lpips.py)."""
+
+    loss_weight: float = 1.0
+    weights_dir: Optional[str] = None  # folder with checkpoints/vgg16-397923af.pth + pyiqa/LPIPS_v0.1_vgg-a78928a0.pth
+    vgg_path: Optional[str] = None  # explicit file paths (override weights_dir)
+    lin_path: Optional[str] = None
+
+
+@dataclass
+class VSDOptions:
+    """Variational score distillation (OSEDiff): frozen UNet + a LoRA "fake score" UNet with its own optimizer."""
+
+    loss_weight: float = 1.0  # lambda_vsd (generator)
+    diffusion_weight: float = 1.0  # lambda_vsd_lora (fake-score diffusion loss)
+    lora_rank: int = 4
+    lora_alpha: Optional[float] = None
+    lora_targets: Optional[List[str]] = None  # default: attention projections + convolutions of the UNet
+    cfg: float = 7.5  # classifier-free guidance of the frozen (real score) UNet
+    neg_prompt: str = ""
+    min_timestep: int = 20
+    max_timestep: int = 980
+    start_iter: int = 0  # add the VSD term to the generator loss from this iteration on
+    optim: OptimOptions = field(default_factory=lambda: OptimOptions(lr=5e-5))
+
+
+@dataclass
 class TrainOptions:
     total_iter: int = 1000
     warmup_iter: int = 0
@@ -79,6 +106,8 @@ class TrainOptions:
     mixed_precision: str = "no"  # no | fp16 | bf16
     gradient_accumulation_steps: int = 1
     skip_nonfinite: bool = False  # skip steps with NaN/Inf loss instead of stopping
+    lpips_opt: Optional[LPIPSOptions] = None  # generative steps (onestep_sd)
+    vsd_opt: Optional[VSDOptions] = None  # generative steps (onestep_sd)
 
 
 @dataclass
@@ -335,8 +364,8 @@ def _check_choices(opt: Options, src: str) -> None:
     t = opt.train
     if t.mixed_precision not in ("no", "fp16", "bf16"):
         bad("train.mixed_precision", t.mixed_precision, ["no", "fp16", "bf16"])
-    if t.optim_g.type not in ("Adam", "AdamW"):
-        bad("train.optim_g.type", t.optim_g.type, ["Adam", "AdamW"])
+    if t.optim_g.type not in ("Adam", "AdamW", "AdamW8bit"):
+        bad("train.optim_g.type", t.optim_g.type, ["Adam", "AdamW", "AdamW8bit"])
     if t.scheduler.type not in ("CosineAnnealingLR", "MultiStepLR", "ConstantLR"):
         bad("train.scheduler.type", t.scheduler.type, ["CosineAnnealingLR", "MultiStepLR", "ConstantLR"])
     if t.gradient_accumulation_steps < 1:

@@ -5,6 +5,8 @@ as ``l_<name>`` (BasicSR's convention) and optimizes their sum.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ LOSSES = Registry(
         "L1Loss": "ggt_ir.losses:L1Loss",
         "MSELoss": "ggt_ir.losses:MSELoss",
         "CharbonnierLoss": "ggt_ir.losses:CharbonnierLoss",
+        "PSNRLoss": "ggt_ir.losses:PSNRLoss",
     },
 )
 
@@ -58,6 +61,17 @@ class CharbonnierLoss(_PixelLoss):
 
     def elementwise(self, pred, target):
         return torch.sqrt((pred - target) ** 2 + self.eps**2)
+
+
+class PSNRLoss(_PixelLoss):
+    """NAFNet's loss: (10 / ln 10) * mean over images of log(MSE + 1e-8), i.e. minus the PSNR (RGB, [0, 1])
+    up to a constant. ``reduction`` does not apply: it is a per-image log, then a mean."""
+
+    short_name = "psnr"
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        mse = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+        return self.loss_weight * (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean()
 
 
 def build_losses(train_opts) -> dict[str, nn.Module]:

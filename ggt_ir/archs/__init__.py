@@ -10,6 +10,13 @@ ARCHS = Registry(
     "architecture",
     {
         "SwinIR": "ggt_ir.archs.swinir_arch:SwinIR",
+        "Restormer": "ggt_ir.archs.restormer_arch:Restormer",
+        "NAFNet": "ggt_ir.archs.nafnet_arch:NAFNet",
+        "NAFNetLocal": "ggt_ir.archs.nafnet_arch:NAFNetLocal",  # official name of NAFNet + TLC
+        "PromptIR": "ggt_ir.archs.promptir_arch:PromptIR",
+        # generative (diffusers, imported on first use): docs/generative.md
+        "OneStepSD": "ggt_ir.generative.onestep_sd:OneStepSD",
+        "EditorLoRA": "ggt_ir.generative.editor:EditorLoRA",  # FLUX.1-Kontext / Qwen-Image-Edit
     },
 )
 

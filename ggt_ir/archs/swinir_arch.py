@@ -6,7 +6,10 @@ with ``strict=True``. Differences that do not change results:
 
 * window attention runs through ``F.scaled_dot_product_attention`` (fused kernels on GPU) with
   the relative-position bias and the shift mask passed as one additive mask;
-* shift masks for input sizes other than ``img_size`` are cached per size;
+* the shift mask for an input size other than ``img_size`` is made once, on the device, and shared by
+  all blocks (the official code rebuilds it in every block on every call);
+* on CPU with gradients, attention is computed explicitly (SDPA has no fused CPU kernel with a mask
+  gradient, and its fallback is slower); otherwise SDPA, with 4-D inputs so fused kernels apply;
 * any input size works: the input is reflect-padded to a multiple of ``window_size`` and the
   output cropped back (as the official test script does outside the model);
 * ``use_checkpoint=True`` recomputes each Swin block in the backward pass to save memory.
@@ -100,15 +103,26 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, nW, N, C); mask: (nW, N, N) or None."""
         b, nw, n, c = x.shape
-        qkv = self.qkv(x).view(b, nw, n, 3, self.num_heads, c // self.num_heads).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = qkv.unbind(0)  # each (B, nW, heads, N, d)
+        h, d = self.num_heads, c // self.num_heads
+        q, k, v = self.qkv(x).view(b, nw, n, 3, h, d).permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, nW, h, N, d)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(n, n, -1).permute(2, 0, 1)  # heads, N, N
+        bias = bias.view(n, n, h).permute(2, 0, 1)  # h, N, N
         if mask is not None:
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)  # nW, heads, N, N
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )
+            bias = bias.unsqueeze(0) + mask.unsqueeze(1).to(bias.dtype)  # nW, h, N, N
+        drop = self.attn_drop if self.training else 0.0
+        if x.is_cuda or not torch.is_grad_enabled():
+            # fused kernels need 4-D inputs and a mask that broadcasts over the batch: windows join the
+            # batch (one bias for all) or, for shifted windows, the head dim (one bias per window)
+            shape = (b * nw, h, n, d) if mask is None else (b, nw * h, n, d)
+            q, k, v = q.reshape(shape), k.reshape(shape), v.reshape(shape)
+            bias = bias[None] if mask is None else bias.reshape(1, nw * h, n, n)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=drop, scale=self.scale)
+            out = out.view(b, nw, h, n, d)
+        else:
+            # CPU training: SDPA has no fused CPU kernel with a mask gradient and its fallback is slower
+            attn = (q * self.scale) @ k.transpose(-2, -1) + bias
+            attn = F.dropout(attn.softmax(dim=-1), drop, self.training)
+            out = attn.to(v.dtype) @ v
         out = out.transpose(2, 3).reshape(b, nw, n, c)
         return self.proj_drop(self.proj(out))
 
@@ -128,30 +142,27 @@ class SwinTransformerBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-        self._mask_cache: dict[tuple[int, int], torch.Tensor] = {}
         if self.shift_size > 0:  # kept as a buffer: official checkpoints contain it
             self.register_buffer("attn_mask", shift_mask(*self.input_resolution, self.window_size, self.shift_size))
         else:
             self.attn_mask = None
 
-    def _mask(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor | None:
-        if self.shift_size == 0:
-            return None
-        if (h, w) == self.input_resolution:
-            return self.attn_mask
-        key = (h, w)
-        if key not in self._mask_cache:
-            self._mask_cache[key] = shift_mask(h, w, self.window_size, self.shift_size)
-        return self._mask_cache[key].to(like.device)
-
-    def forward(self, x: torch.Tensor, x_size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x_size: tuple[int, int], mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: the shift mask for ``x_size`` when it is not ``input_resolution`` (SwinIR makes
+        it once per size for all blocks)."""
         h, w = x_size
         b, _, c = x.shape
+        if self.shift_size == 0:
+            mask = None
+        elif (h, w) == self.input_resolution:
+            mask = self.attn_mask
+        elif mask is None:
+            mask = shift_mask(h, w, self.window_size, self.shift_size).to(x.device)
         shortcut = x
         x = self.norm1(x).view(b, h, w, c)
         if self.shift_size > 0:
             x = torch.roll(x, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        x = self.attn(window_partition(x, self.window_size), mask=self._mask(h, w, x))
+        x = self.attn(window_partition(x, self.window_size), mask=mask)
         x = window_reverse(x, self.window_size, h, w)
         if self.shift_size > 0:
             x = torch.roll(x, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
@@ -172,12 +183,12 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         ])
 
-    def forward(self, x, x_size):
+    def forward(self, x, x_size, mask=None):
         for blk in self.blocks:
             if self.use_checkpoint and self.training:
-                x = cp.checkpoint(blk, x, x_size, use_reentrant=False)
+                x = cp.checkpoint(blk, x, x_size, mask, use_reentrant=False)
             else:
-                x = blk(x, x_size)
+                x = blk(x, x_size, mask)
         return x
 
 
@@ -200,10 +211,10 @@ class RSTB(nn.Module):
         else:
             raise ValueError(f"SwinIR: resi_connection must be '1conv' or '3conv', got {resi_connection!r}")
 
-    def forward(self, x, x_size):
+    def forward(self, x, x_size, mask=None):
         h, w = x_size
         b, _, c = x.shape
-        y = self.residual_group(x, x_size)
+        y = self.residual_group(x, x_size, mask)
         y = self.conv(y.transpose(1, 2).reshape(b, c, h, w))
         return y.flatten(2).transpose(1, 2) + x
 
@@ -257,7 +268,7 @@ class SwinIR(nn.Module):
         else:
             self.absolute_pos_embed = None
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # cpu: also under meta
         self.layers = nn.ModuleList([
             RSTB(embed_dim, img_size, depths[i], num_heads[i], window_size, mlp_ratio, qkv_bias, qk_scale, drop_rate,
                  attn_drop_rate, dpr[sum(depths[:i]) : sum(depths[: i + 1])], nn.LayerNorm, use_checkpoint,
@@ -289,6 +300,9 @@ class SwinIR(nn.Module):
         else:  # restoration at scale 1 (denoising, JPEG, GGT-100K)
             self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
         self.apply(self._init_weights)
+        self.img_size = img_size
+        self._shifted = any(blk.shift_size > 0 for layer in self.layers for blk in layer.residual_group.blocks)
+        self._mask_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
     @staticmethod
     def _init_weights(m):
@@ -299,6 +313,18 @@ class SwinIR(nn.Module):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    def _shift_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
+        """One shift mask per input size for all blocks (the stored buffers cover ``img_size``);
+        kept on the device: at 1024^2 it is 16384 x 64 x 64."""
+        if (h, w) == self.img_size or not self._shifted:
+            return None
+        key = (h, w, str(device))
+        if key not in self._mask_cache:
+            if len(self._mask_cache) >= 4:  # sizes seen at inference: keep a few
+                self._mask_cache.clear()
+            self._mask_cache[key] = shift_mask(h, w, self.window_size, self.window_size // 2).to(device)
+        return self._mask_cache[key]
 
     @property
     def pad_multiple(self) -> int:
@@ -311,8 +337,9 @@ class SwinIR(nn.Module):
         if self.absolute_pos_embed is not None:
             x = x + self.absolute_pos_embed
         x = self.pos_drop(x)
+        mask = self._shift_mask(h, w, x.device)
         for layer in self.layers:
-            x = layer(x, (h, w))
+            x = layer(x, (h, w), mask)
         x = self.norm(x)
         return x.transpose(1, 2).reshape(b, c, h, w)
 

@@ -12,7 +12,9 @@ Contract of a dataset class (see ``paired_folder.py`` for the reference one):
   rank a disjoint slice).
 
 Samples and batches are dicts: ``lq``/``gt`` float tensors in [0, 1], CHW (BCHW in batches),
-and ``key``, ``category``, ``prompt`` strings (lists in batches).
+and ``key``, ``category``, ``prompt`` strings (lists in batches). A training batch may also carry
+``skipped``: an int, samples its producing worker skipped (corrupt/missing members) since its previous
+batch (``GGTShards``); the trainer sums it into the training log. ``LQFolder`` samples have no ``gt``.
 """
 from ggt_ir.registry import Registry
 
@@ -22,5 +24,11 @@ DATASETS = Registry(
         "PairedFolder": "ggt_ir.data.paired_folder:PairedFolderDataset",
         # BasicSR's name for the same thing, so BasicSR option files read naturally
         "PairedImageDataset": "ggt_ir.data.paired_folder:PairedFolderDataset",
+        # webdataset shards (``ggt-ir shards build``), streamed; docs/data.md
+        "GGTShards": "ggt_ir.data.stream:GGTShardsDataset",
+        # HQ images + on-the-fly Real-ESRGAN-style degradation (the synthetic comparison arm)
+        "SyntheticDegradation": "ggt_ir.data.synthetic:SyntheticDegradationDataset",
+        # LQ-only folders (real-world benchmarks without ground truth)
+        "LQFolder": "ggt_ir.data.lq_folder:LQFolderDataset",
     },
 )

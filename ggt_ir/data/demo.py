@@ -9,6 +9,9 @@ Everything is seeded, so the same files come out on every machine. Train crops c
 left part of each photo and test crops from the right part, so the splits share no pixels.
 
     python -m ggt_ir.data.demo --out datasets/demo        (or: ggt-ir demo-data)
+
+It also writes the same pairs as webdataset shards, ``<out>/shards/ggt-demo-{train,test}-NNNNNN.tar``
+(8 pairs each, with a manifest), which the demo trains from (``GGTShards``, docs/data.md).
 """
 from __future__ import annotations
 
@@ -147,6 +150,17 @@ def build_demo(out: str | Path, size: int = 128, train_per_category: int = 8, te
     return root
 
 
+def build_demo_shards(root: str | Path, out: str | Path, name: str = "ggt-demo", per_shard: int = 8) -> dict:
+    """Webdataset shards of the demo set (what options/demo/swinir_demo.yml trains from): ``<out>/<name>-
+    {train,test}-NNNNNN.tar`` + manifest, ``per_shard`` pairs each. Reruns skip finished shards."""
+    from ggt_ir.data.pairing import find_pairs
+    from ggt_ir.data.shards import BuildConfig, build_shards
+
+    cfg = BuildConfig(out=str(out), name=name, max_samples_per_shard=per_shard, jobs=1, progress=False,
+                      source={"mode": "tree", "root": str(root)})
+    return build_shards(find_pairs(root), cfg, Path(root), log=lambda *a: None)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ggt-ir demo-data", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="datasets/demo", help="output folder (default: datasets/demo)")
@@ -157,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     root = build_demo(a.out, a.size, a.train_per_category, a.test_per_category)
     n = {s: len(list((root / s).rglob("LQ/*.png"))) for s in ("train", "test")}
     print(f"demo dataset: {root} ({n['train']} train pairs, {n['test']} test pairs, 6 categories)")
+    m = build_demo_shards(root, Path(a.out) / "shards")
+    print(f"demo shards:  {Path(a.out) / 'shards'} (" + ", ".join(f"{k}: {v}" for k, v in m["urls"].items()) + ")")
     return 0
 
 

@@ -91,7 +91,7 @@ def _stem_role(stem: str) -> tuple[str, str] | None:
     m = _STEM_ROLE.match(stem)
     if not m:
         return None
-    role = _role(m["role"]) or ("lq" if m["role"].lower() in ("low",) else None)
+    role = _role(m["role"])
     return (m["base"], role) if role else None
 
 
@@ -414,6 +414,8 @@ def attach_metadata(report: PairingReport, root: str | Path | None, other_files:
                 cand = by_path.get(os.path.normpath(str((table.parent / v).resolve())))
                 if cand is None:
                     hits = {id(x): x for x in stems.get(Path(v).stem, [])}
+                    if len(hits) > 1:  # the same stem in several places: those below the table's folder
+                        hits = {i: x for i, x in hits.items() if x.lq.is_relative_to(table.parent)}
                     cand = next(iter(hits.values())) if len(hits) == 1 else by_key.get(v)
                 if cand is not None:
                     target = cand

@@ -11,6 +11,13 @@ def build_optimizer(params, o) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: nothing for train.optim_g to optimize")
+    if o.type == "AdamW8bit":  # optional: bitsandbytes' 8-bit AdamW (CUDA)
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise ImportError("optim type AdamW8bit needs bitsandbytes (pip install bitsandbytes); "
+                              "or use type: AdamW") from e
+        return bnb.optim.AdamW8bit(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
     cls = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}[o.type]
     return cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
 

@@ -13,7 +13,9 @@ networks, losses and optimizers. A step class provides:
   Call :func:`check_finite` before ``backward``;
 * ``restore(lq, sample=None) -> Tensor``: inference for validation (the EMA network when there is
   one); ``sample`` is the dataset's sample dict (prompt, category, key) for models that condition on it;
-* ``export(path_stem, it)``: write the generator in its official layout;
+* ``export(path_stem, it)``: write the generator in its official layout (main process only);
+* optional ``before_export()``: called on every rank before ``export`` (collectives, e.g. gathering
+  FSDP/ZeRO-3 shards of the weights to export);
 * ``describe() -> dict``: figures for the start-up banner (e.g. parameter counts);
 * ``current_lr() -> float``.
 """
@@ -23,7 +25,12 @@ import torch
 
 from ggt_ir.registry import Registry
 
-STEPS = Registry("model_type", {"regression": "ggt_ir.train.steps:RegressionStep"})
+STEPS = Registry("model_type", {
+    "regression": "ggt_ir.train.steps:RegressionStep",
+    # generative restorers (diffusers + peft): docs/generative.md
+    "onestep_sd": "ggt_ir.generative.steps:OneStepSDStep",
+    "editor_lora": "ggt_ir.generative.steps:EditorLoRAStep",
+})
 
 
 class NonFiniteLossError(FloatingPointError):

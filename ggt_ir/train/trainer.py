@@ -126,7 +126,7 @@ class Trainer:
         lines = {
             "experiment": f"{o.name} -> {self.exp_dir}",
             **self.step.describe(),
-            "train data": f"{ds.type}, {len(self.train_set) if hasattr(self.train_set, '__len__') else 'stream'} samples",
+            "train data": f"{ds.type}, {self._train_size()}",
             "val sets": ", ".join(f"{k} ({len(v)} images)" for k, v in self.val_sets.items()) or "none",
             "processes": f"{acc.num_processes} ({acc.distributed_type.value}, device {acc.device})",
             "batch per device": bs,
@@ -137,6 +137,12 @@ class Trainer:
         }
         w = max(map(len, lines))
         self.log.info("start-up\n" + "\n".join(f"  {k:<{w}} : {v}" for k, v in lines.items()))
+
+    def _train_size(self) -> str:
+        try:  # a stream of remote shards without a manifest does not know its length
+            return f"{len(self.train_set):,} samples"
+        except TypeError:
+            return "a stream of unknown length"
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.acc.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -225,7 +231,8 @@ class Trainer:
                                              world_size=acc.num_processes, start_iter=st.iter * accum)
         batches_per_epoch = getattr(self.train_set, "batches_per_epoch", None)
         bar = tqdm(total=t.total_iter, initial=st.iter, desc=o.name, dynamic_ncols=True,
-                   disable=not acc.is_local_main_process)
+                   disable=not acc.is_local_main_process,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
         sums: dict[str, torch.Tensor] = {}
         count, t_iter, t_data = 0, 0.0, 0.0
         start_it, t0 = st.iter, time.time()
@@ -272,6 +279,9 @@ class Trainer:
     def save(self) -> None:
         it = self.state.iter
         path = save_checkpoint(self.acc, self.ckpt_root, it, self.opt.logger.keep_last)
+        gather = getattr(self.step, "before_export", None)  # collective: e.g. LoRA shards under FSDP/ZeRO-3
+        if gather is not None:
+            gather()
         if self.acc.is_main_process:
             files = self.step.export(self.exp_dir / "models" / f"net_g_{it}", it)
             self.step.export(self.exp_dir / "models" / "net_g_latest", it)

@@ -1,0 +1,143 @@
+"""``ggt-ir eval``: score a trained run, a zoo model or a folder of restored images on eval sets.
+
+    ggt-ir eval -opt options/eval/demo.yml
+    ggt-ir eval -opt options/eval/ggt100k_test.yml --run experiments/swinir_ggt --name swinir_ggt
+    ggt-ir eval -opt options/eval/ggt100k_test.yml --restored outputs/OSEDiff --name osediff
+    accelerate launch --num_processes 2 -m ggt_ir eval -opt ...      (each process a disjoint slice)
+    ggt-ir eval -opt ... --check-weights                               (what the metrics need, offline)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ggt-ir eval", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("-opt", "--opt", help="eval option file (options/eval/*.yml)")
+    p.add_argument("--run", help="a trained run folder (experiments/<name>); sets model.run")
+    p.add_argument("--checkpoint", help="weights file; sets model.checkpoint")
+    p.add_argument("--restored", help="folder of images restored by another method ('input' = score the LQ)")
+    p.add_argument("--name", help="results name (results/<name>/)")
+    p.add_argument("--results-root", help="results folder (default: results)")
+    p.add_argument("--weights-dir", help="local pyiqa weights folder (default: $GGT_IR_WEIGHTS or $TORCH_HOME/hub)")
+    p.add_argument("--strict", action="store_true", help="a metric with missing weights is an error, not skipped")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an option, e.g. --set eval.batch_size=8 (repeatable)")
+    p.add_argument("--check-weights", action="store_true",
+                   help="list the weight files the configured metrics need and which are missing; no evaluation")
+    p.add_argument("--list-metrics", action="store_true", help="list metric names with their direction")
+    return p
+
+
+def _overrides(a) -> list[str]:
+    ov = list(a.overrides)
+    if a.run:
+        ov += [f"model.run={a.run}", "restored=null"]
+    if a.checkpoint:
+        ov += [f"model.checkpoint={a.checkpoint}", "restored=null"]
+    if a.restored:
+        ov += ["model=null", f"restored={a.restored}"]
+    if a.name:
+        ov.append(f"name={a.name}")
+    if a.results_root:
+        ov.append(f"results_root={a.results_root}")
+    if a.weights_dir:
+        ov.append(f"eval.weights_dir={a.weights_dir}")
+    if a.strict:
+        ov.append("eval.strict=true")
+    return ov
+
+
+def list_metrics() -> int:
+    from ggt_ir.eval.metrics import SPECS
+
+    print("metric          mode  better  notes")
+    for name, s in SPECS.items():
+        notes = "built in (torch), convention pyiqa|basicsr" if s.builtin else ("random crops, seeded per image" if s.random else "")
+        print(f"{name:<15} {s.mode:<5} {'lower' if s.lower_better else 'higher':<7} {notes}")
+    print("Any other pyiqa name also works (python -c \"import pyiqa; print(pyiqa.list_models())\").")
+    return 0
+
+
+def check_weights(opt) -> int:
+    from ggt_ir.eval.metrics import MetricSuite, parse_metric_options
+    from ggt_ir.eval.weights import KNOWN_WEIGHTS, missing_files, resolve_weights_dir
+
+    wd = resolve_weights_dir(opt.eval.weights_dir)
+    print(f"weights folder: {wd}")
+    metrics = parse_metric_options(opt.metrics)
+    bad = 0
+    for key, o in metrics.items():
+        name = o.get("type", key)
+        miss = {m[0] for m in missing_files(name, wd)}
+        for sub, fname, url in KNOWN_WEIGHTS.get(name, []):
+            state = ("absent" if name == "niqe" else "MISSING") if fname in miss else "ok"
+            print(f"  {key:<14} {state:<8} {sub}/{fname}  <- {url}")
+        suite = MetricSuite({key: o}, device="cpu", weights_dir=wd, strict=False, log=lambda *_: None)
+        if key in suite.skipped:
+            bad += 1
+            if name not in KNOWN_WEIGHTS:
+                print(f"  {key:<14} MISSING  " + suite.skipped[key].splitlines()[0])
+        elif name not in KNOWN_WEIGHTS:
+            print(f"  {key:<14} ok       (no weight files needed)")
+        elif name == "niqe" and miss:
+            print(f"  {key:<14} ok       (using basicsr's bundled NIQE parameters)")
+    print("all metrics available" if not bad else f"{bad} metric(s) would be skipped (or fail with --strict)")
+    return 1 if bad else 0
+
+
+def use_cpu(device: str) -> bool:
+    """accelerate's PartialState only forms a multi-process CPU group when told cpu=True."""
+    import torch
+    from accelerate.utils import parse_flag_from_env
+
+    return device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evaluation never downloads
+    a = build_parser().parse_args(argv)
+    if a.list_metrics:
+        return list_metrics()
+    if not a.opt:
+        build_parser().error("-opt is required (an eval option file, e.g. options/eval/demo.yml)")
+    from ggt_ir.config import OptionsError
+    from ggt_ir.eval.evaluate import EvalError, load_eval_options, run_evaluation
+    from ggt_ir.eval.weights import MissingWeightsError
+
+    try:
+        opt = load_eval_options(a.opt, _overrides(a), check_paths=not a.check_weights)
+    except OptionsError as e:
+        print(f"ggt-ir eval: {e}", file=sys.stderr)
+        return 2
+    if a.check_weights:
+        return check_weights(opt)
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=use_cpu(opt.eval.device))
+    rc = 0
+    try:
+        run_evaluation(opt, state)
+    except (EvalError, OptionsError, MissingWeightsError) as e:
+        print(f"ggt-ir eval: error: {e}", file=sys.stderr)
+        rc = 1
+    if state.num_processes > 1:  # gloo can abort at interpreter exit; leave cleanly (dependencies.md 6)
+        import torch.distributed as dist
+
+        if rc == 0:
+            state.wait_for_everyone()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""OneStepSD + VSD (two prepared modules, two optimizers) in two real processes on CPU (gloo)."""
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import ROOT, launch_two_processes, write_options
+from test_generative import lpips_dir, sd_options, tiny_sd  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.slow
+
+
+def _check(proc):
+    assert proc.returncode == 0, f"2-process run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+
+def test_two_process_onestep_sd_vsd_train_and_resume(demo_root, tmp_path, tiny_sd):  # noqa: F811
+    logger = {"print_freq": 1, "save_checkpoint_freq": 2, "keep_last": 0, "trackers": []}
+    val = {"val_freq": 2, "num_save_img": 1, "metrics": {"psnr": {"type": "psnr"}}}
+    opt = sd_options(demo_root, tmp_path / "exp", tiny_sd, name="sd_ddp", vsd=True, train__total_iter=2,
+                     logger=logger, val=val)
+    _check(launch_two_processes([str(ROOT / "train.py"), "-opt", str(write_options(tmp_path / "a.yml", opt))]))
+    run = tmp_path / "exp" / "sd_ddp"
+    assert json.loads((run / "results.json").read_text())["iter"] == 2
+    assert "processes" in next(run.glob("train_sd_ddp_*.log")).read_text()
+    ck = run / "checkpoints" / "checkpoint-2"
+    assert all(".lora_" in k for k in load_file(str(ck / "model_1.safetensors")))
+    assert (ck / "optimizer_1.bin").is_file()
+    opt2 = {**opt, "train": {**opt["train"], "total_iter": 3}}
+    _check(launch_two_processes([str(ROOT / "train.py"), "-opt", str(write_options(tmp_path / "b.yml", opt2)),
+                                 "--resume", "latest"]))
+    assert json.loads((run / "results.json").read_text())["iter"] == 3
+    assert (run / "models" / "net_g_3" / "ggt_ir_adapter.json").is_file()
