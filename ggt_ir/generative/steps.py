@@ -34,6 +34,27 @@ def _atomic_dir(final: Path, write) -> None:
         shutil.rmtree(old)
 
 
+def _ema_ctx(step, net):
+    """Inside: the network carries its EMA weights (validation and exports use them)."""
+    return step.ema.swapped_in(net) if step.ema is not None else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _restore(step, lq: torch.Tensor, sample: dict | None) -> torch.Tensor:
+    """Validation inference shared by the generative steps: EMA weights, the sample's prompt(s)."""
+    net = step.acc.unwrap_model(step.net_g)
+    prompts = None
+    if sample is not None and sample.get("prompt") is not None:
+        p = sample["prompt"]
+        prompts = [p] if isinstance(p, str) else list(p)
+    was = net.training
+    net.eval()
+    with _ema_ctx(step, net), step.acc.autocast():
+        out = net.restore(lq, prompts)
+    net.train(was)
+    return out.float().clamp(0, 1)
+
+
 class OneStepSDStep:
     def __init__(self, opt, accelerator, log):
         from ggt_ir.generative.lora import LoraEMA
@@ -143,21 +164,10 @@ class OneStepSDStep:
         return {k: v.detach() for k, v in losses.items()}
 
     def _ema_ctx(self, net):
-        return self.ema.swapped_in(net) if self.ema is not None else contextlib.nullcontext()
+        return _ema_ctx(self, net)
 
-    @torch.no_grad()
     def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor:
-        net = self.acc.unwrap_model(self.net_g)
-        prompts = None
-        if sample is not None and sample.get("prompt") is not None:
-            p = sample["prompt"]
-            prompts = [p] if isinstance(p, str) else list(p)
-        was = net.training
-        net.eval()
-        with self._ema_ctx(net), self.acc.autocast():
-            out = net.restore(lq, prompts)
-        net.train(was)
-        return out.float().clamp(0, 1)
+        return _restore(self, lq, sample)
 
     def export(self, path_stem, it: int) -> list[str]:
         """``<stem>/``: peft adapter folders, diffusers ``pytorch_lora_weights.safetensors``, ``ggt_ir_adapter.json``
@@ -255,21 +265,10 @@ class EditorLoRAStep:
         return {k: v.detach() for k, v in losses.items()}
 
     def _ema_ctx(self, net):
-        return self.ema.swapped_in(net) if self.ema is not None else contextlib.nullcontext()
+        return _ema_ctx(self, net)
 
-    @torch.no_grad()
     def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor:
-        net = self.acc.unwrap_model(self.net_g)
-        prompts = None
-        if sample is not None and sample.get("prompt") is not None:
-            p = sample["prompt"]
-            prompts = [p] if isinstance(p, str) else list(p)
-        was = net.training
-        net.eval()
-        with self._ema_ctx(net), self.acc.autocast():
-            out = net.restore(lq, prompts)
-        net.train(was)
-        return out.float().clamp(0, 1)
+        return _restore(self, lq, sample)
 
     def before_export(self) -> None:
         """Collective (all ranks): gather the sharded LoRA tensors for the main process's export."""
