@@ -18,7 +18,6 @@ global ``random``/NumPy/torch generators basicsr draws from are seeded per sampl
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ggt_ir.utils.seeding import seeded
 from ggt_ir.config import OptionsError
 from ggt_ir.data.pairing import find_pairs, list_images, normalize_category
 from ggt_ir.data.paired_folder import collate, read_image, to_tensor
@@ -91,19 +91,6 @@ def _basicsr():
     return degradations, filter2d
 
 
-@contextlib.contextmanager
-def seeded(seed: int):
-    """Seed Python's ``random``, NumPy's global and torch's CPU generators; restore them on exit."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def filter2d(img: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

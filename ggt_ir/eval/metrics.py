@@ -29,9 +29,7 @@ is created.
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ggt_ir.utils.seeding import seeded
 from ggt_ir.eval.weights import MissingWeightsError, missing_files, offline_weights, resolve_weights_dir
 
 
@@ -172,20 +171,6 @@ BUILTIN: dict[str, Callable] = {"psnr": psnr, "ssim": ssim}
 
 
 # --------------------------------------------------------------------------- metric objects
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device):
-    """Seed python, numpy and torch for one call, then restore the caller's random state."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def image_seed(base: int, key: str, metric: str) -> int:
