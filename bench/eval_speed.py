@@ -65,7 +65,7 @@ def make_pairs(n: int, size: int, folder: Path) -> list[tuple[Path, Path]]:
 
 
 def load(path: Path) -> torch.Tensor:
-    from ggt_ir.data.paired_folder import read_image, to_tensor
+    from ggt_ir.utils.image_io import read_image, to_tensor
 
     return to_tensor(read_image(path))[None]
 

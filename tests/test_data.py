@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from ggt_ir.data.pairing import find_pairs, pairs_from_two_folders
-from ggt_ir.data.paired_folder import PairedFolderDataset, read_image
+from ggt_ir.data.paired_folder import PairedFolderDataset
+from ggt_ir.utils.image_io import read_image
 from ggt_ir.data.sampler import ResumableBatchSampler
 from ggt_ir.data.transforms import paired_flip_rot, paired_random_crop
 

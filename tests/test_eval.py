@@ -119,7 +119,7 @@ def test_trained_run_and_lq_only_set(tmp_path, demo_root, tiny_run):
     # the outputs were saved as PNG, and the scores are those of the saved files
     saved = sorted((out / "images" / "test").rglob("*.png"))
     assert len(saved) == 6
-    from ggt_ir.data.paired_folder import read_image, to_tensor
+    from ggt_ir.utils.image_io import read_image, to_tensor
     from ggt_ir.eval.metrics import MetricSuite
 
     row = next(r for r in csv.DictReader((out / "per_image.csv").open()) if r["set"] == "test")

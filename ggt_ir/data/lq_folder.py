@@ -15,7 +15,7 @@ import torch
 
 from ggt_ir.config import OptionsError
 from ggt_ir.data.pairing import _walk
-from ggt_ir.data.paired_folder import read_image, to_tensor
+from ggt_ir.utils.image_io import read_image, to_tensor
 
 
 class LQFolderDataset(torch.utils.data.Dataset):

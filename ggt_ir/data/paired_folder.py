@@ -2,12 +2,10 @@
 GGT-style layout (``<root>/[split/][category/]{LQ,GT}/<name>.<ext>``; see ``pairing.py``)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-import cv2
 import numpy as np
 import torch
 
@@ -15,26 +13,7 @@ from ggt_ir.config import OptionsError
 from ggt_ir.data.pairing import Pair, find_pairs, pairs_from_two_folders
 from ggt_ir.data.sampler import ResumableBatchSampler
 from ggt_ir.data.transforms import check_pair_size, paired_flip_rot, paired_random_crop
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as float32 RGB HWC in [0, 1]; 8- and 16-bit, gray and RGBA are accepted."""
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise OSError(f"cannot decode image {path} (corrupt, truncated or not an image)")
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    else:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    scale = 65535.0 if img.dtype == np.uint16 else 255.0
-    return img.astype(np.float32) / scale
-
-
-def to_tensor(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+from ggt_ir.utils.image_io import read_image, to_tensor
 
 
 def collate(samples: list[dict]) -> dict:

@@ -23,7 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+from ggt_ir.utils.image_io import IMAGE_EXTS
+
 LQ_DIR_NAMES = {"lq", "input", "inputs", "low", "degraded", "lr"}
 HQ_DIR_NAMES = {"gt", "hq", "target", "targets", "high", "clean", "hr"}
 SPLIT_NAMES = {"train": "train", "training": "train", "test": "test", "testing": "test",

@@ -41,6 +41,7 @@ from ggt_ir.data.pairing import (Pair, PairingReport, find_pairs, pairs_from_glo
                                  pairs_from_two_folders)
 from ggt_ir.data.shard_io import (MANIFEST_SUFFIX, DecodeError, ShardTruncated, decode_image, expand_urls,
                                   image_ext, iter_tar_samples, open_shard)
+from ggt_ir.utils.fs import atomic_write_json, sha256_file
 
 FORMAT = "ggt-ir-shards"
 FORMAT_VERSION = 1
@@ -294,14 +295,6 @@ def build_one_shard(spec: ShardSpec, cfg: BuildConfig) -> dict:
             "fingerprint": spec.fingerprint, "dropped": dropped}
 
 
-def sha256_file(path: Path, bufsize: int = 4 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_existing(spec: ShardSpec, entry: dict | None, cfg: BuildConfig) -> dict | None:
     """The manifest entry when the shard on disk is finished and intact, else None (rebuild it)."""
     path = Path(cfg.out) / spec.name
@@ -324,12 +317,6 @@ def _task(args) -> tuple[dict, bool]:
 
 
 # ----------------------------------------------------------------------------- build driver
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 def _summarize(entries: list[dict]) -> dict:
     split, cat, split_cat = Counter(), Counter(), {}
     for e in entries:
@@ -401,7 +388,7 @@ def build_shards(report: PairingReport, cfg: BuildConfig, root: Path | None = No
         reused += was_reused
         entries[entry["name"]] = entry
         manifest["shards"] = [entries[s.name] for s in specs if s.name in entries]
-        _write_json_atomic(manifest_path, manifest)
+        atomic_write_json(manifest_path, manifest, indent=1)
 
     from tqdm import tqdm
 
@@ -455,7 +442,7 @@ def build_shards(report: PairingReport, cfg: BuildConfig, root: Path | None = No
     manifest["metadata_files"] = [str(p) for p in report.metadata_files]
     manifest["prompts"] = sum(1 for p in pairs if p.prompt)
     manifest["complete"] = True
-    _write_json_atomic(manifest_path, manifest)
+    atomic_write_json(manifest_path, manifest, indent=1)
 
     dt = time.time() - t0
     c = manifest["counts"]

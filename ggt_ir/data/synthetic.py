@@ -31,7 +31,8 @@ from torch.nn import functional as F
 from ggt_ir.utils.seeding import seeded
 from ggt_ir.config import OptionsError
 from ggt_ir.data.pairing import find_pairs, list_images, normalize_category
-from ggt_ir.data.paired_folder import collate, read_image, to_tensor
+from ggt_ir.data.paired_folder import collate
+from ggt_ir.utils.image_io import read_image, to_tensor
 from ggt_ir.data.sampler import ResumableBatchSampler
 from ggt_ir.data.transforms import paired_flip_rot
 

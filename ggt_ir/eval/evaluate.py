@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import html
 import json
 import math
@@ -34,7 +33,8 @@ import yaml
 
 from ggt_ir.config import OptionsError, apply_overrides, options_to_yaml, read_yaml_with_includes, to_typed
 from ggt_ir.data.pairing import list_images
-from ggt_ir.data.paired_folder import read_image, to_tensor
+from ggt_ir.utils.fs import sha256_file, sha256_text
+from ggt_ir.utils.image_io import read_image, to_tensor
 
 
 class EvalError(RuntimeError):
@@ -149,14 +149,6 @@ def dataset_class(name: str, raw: Any, src: str = "<options>", check_paths: bool
 
 
 # --------------------------------------------------------------------------- what produces the outputs
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 _NET_G_RE = re.compile(r"^net_g_(\d+)$")
 
 
@@ -316,7 +308,7 @@ def _png_path(out_dir: Path, set_name: str, key: str) -> Path:
 
 
 def _save_png(x: torch.Tensor, path: Path) -> None:
-    from ggt_ir.utils.images import save_png, tensor_to_uint8
+    from ggt_ir.utils.image_io import save_png, tensor_to_uint8
 
     save_png(tensor_to_uint8(x), path)
 
@@ -324,7 +316,7 @@ def _save_png(x: torch.Tensor, path: Path) -> None:
 def _grid_panel(panels: list[torch.Tensor], height: int) -> np.ndarray:
     import cv2
 
-    from ggt_ir.utils.images import side_by_side
+    from ggt_ir.utils.image_io import side_by_side
 
     img = side_by_side(*panels, gap=4)
     s = height / img.shape[0]
@@ -376,7 +368,7 @@ def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, 
             if i in grid_ids:
                 panels = [smp["lq"], smp["out"]] + ([smp["gt"]] if smp.get("gt") is not None else [])
                 grid = _grid_panel(panels, s.grid_size)
-                from ggt_ir.utils.images import save_png
+                from ggt_ir.utils.image_io import save_png
 
                 save_png(grid, out_dir / "grids" / set_name / f"{i:05d}.png")
         bar.update(len(samples))
@@ -455,8 +447,7 @@ def package_versions() -> dict:
 
 
 def options_sha256(opt: EvalOptions) -> str:
-    text = options_to_yaml(opt)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_text(options_to_yaml(opt))
 
 
 def write_csv(path: Path, rows: list[dict], metric_keys: list[str]) -> None:
@@ -487,7 +478,7 @@ def write_grids(out_dir: Path, set_info: dict[str, dict]) -> dict[str, str]:
         for k, t in enumerate(titles):
             cv2.putText(head, t, (k * w // len(titles) + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         rows = [head] + [np.pad(i, ((0, 4), (0, w - i.shape[1]), (0, 0)), constant_values=255) for i in imgs]
-        from ggt_ir.utils.images import save_png
+        from ggt_ir.utils.image_io import save_png
 
         save_png(np.concatenate(rows, 0), out_dir / "grids" / f"{s}.png")
         grids[s] = f"grids/{s}.png"

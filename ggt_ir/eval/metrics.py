@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ggt_ir.utils.fs import atomic_write, sha256_file
 from ggt_ir.utils.seeding import seeded
 from ggt_ir.eval.weights import MissingWeightsError, missing_files, offline_weights, resolve_weights_dir
 
@@ -268,7 +269,6 @@ class Metric:
 def _niqe_params_from_basicsr() -> str:
     """basicsr's bundled NIQE pristine parameters in pyiqa's .mat format, written once (atomically) to a
     file named after basicsr's parameters, in the temp folder, and reused by later processes."""
-    import hashlib
     import importlib.util
 
     import scipy.io
@@ -280,13 +280,11 @@ def _niqe_params_from_basicsr() -> str:
                                   "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/niqe_modelparameters.mat",
                                   wd / "pyiqa" / "niqe_modelparameters.mat", wd)
     src = Path(spec.origin).parent / "metrics" / "niqe_pris_params.npz"
-    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:12]
-    dst = Path(tempfile.gettempdir()) / f"ggt_ir_niqe_basicsr_{digest}.mat"
+    dst = Path(tempfile.gettempdir()) / f"ggt_ir_niqe_basicsr_{sha256_file(src)[:12]}.mat"
     if not dst.is_file():
         z = np.load(src)
-        tmp = dst.with_name(f"{dst.stem}.{os.getpid()}.tmp.mat")
-        scipy.io.savemat(str(tmp), {"mu_prisparam": z["mu_pris_param"], "cov_prisparam": z["cov_pris_param"]})
-        os.replace(tmp, dst)
+        atomic_write(dst, lambda tmp: scipy.io.savemat(str(tmp), {"mu_prisparam": z["mu_pris_param"],
+                                                                 "cov_prisparam": z["cov_pris_param"]}))
     return str(dst)
 
 

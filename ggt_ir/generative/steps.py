@@ -12,26 +12,12 @@ checkpointed by ``accelerator.save_state``.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from ggt_ir.train.steps import check_finite
-
-
-def _atomic_dir(final: Path, write) -> None:
-    tmp = final.with_name(f".tmp-{final.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    old = final.with_name(f".old-{final.name}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+from ggt_ir.utils.fs import atomic_dir
 
 
 def _ema_ctx(step, net):
@@ -176,7 +162,7 @@ class OneStepSDStep:
         folder = Path(path_stem)
         extra = {"ema": self.ema is not None, "experiment": self.opt.name}
         with self._ema_ctx(net):
-            _atomic_dir(folder, lambda tmp: net.export_adapters(tmp, it, extra))
+            atomic_dir(folder, lambda tmp: net.export_adapters(tmp, it, extra))
         return [str(folder)]
 
 
@@ -283,5 +269,5 @@ class EditorLoRAStep:
         folder = Path(path_stem)
         extra = {"ema": self.ema is not None, "experiment": self.opt.name}
         with self._ema_ctx(net):
-            _atomic_dir(folder, lambda tmp: net.export_adapters(tmp, it, extra, lora_state=self._gathered))
+            atomic_dir(folder, lambda tmp: net.export_adapters(tmp, it, extra, lora_state=self._gathered))
         return [str(folder)]

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+from ggt_ir.utils.image_io import IMAGE_EXTS
 
 
 class RestoreError(Exception):
@@ -157,22 +157,13 @@ def resolve_device(name: str, half: bool):
     return device
 
 
-def save_png(img, path: Path) -> None:
-    import cv2
-    import numpy as np
-
-    arr = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)):
-        raise RestoreError(f"cannot write {path}")
-
-
 def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ggt_ir.data.paired_folder import read_image, to_tensor
+    from ggt_ir.utils.image_io import read_image, to_tensor
     from ggt_ir.inference.tiling import restore
+    from ggt_ir.utils.image_io import save_png
 
     items = list_inputs(Path(args.input), args.recursive)
     device = resolve_device(args.device, args.half)

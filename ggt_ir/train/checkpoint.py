@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ggt_ir.utils.fs import atomic_write
+
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -64,14 +66,6 @@ def save_checkpoint(accelerator, ckpt_root: Path, it: int, keep_last: int) -> Pa
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def export_generator(path_stem, params: dict, params_ema: dict | None, it: int, network_g: dict,

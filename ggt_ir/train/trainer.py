@@ -21,7 +21,7 @@ from ggt_ir.config import Options, options_to_yaml
 from ggt_ir.eval.psnr_ssim import METRIC_FUNCTIONS, quantize
 from ggt_ir.train.checkpoint import resolve_resume, save_checkpoint
 from ggt_ir.train.logging import message_line, results_table, setup_logger
-from ggt_ir.utils.images import save_png, side_by_side
+from ggt_ir.utils.image_io import save_png, side_by_side
 
 
 @dataclasses.dataclass
