@@ -211,6 +211,31 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+def read_options(path: str | os.PathLike, overrides: list[str] | None = None) -> tuple[dict, str]:
+    """The preamble every option file goes through: read the YAML, merge its ``include:`` files, apply
+    ``--set`` overrides. Returns (raw mapping, a label naming the file and the overrides for messages)."""
+    src = str(path)
+    raw = read_yaml_with_includes(path)
+    try:
+        raw = apply_overrides(raw, overrides)
+    except OptionsError as e:
+        raise OptionsError(f"{src}: {e}") from None
+    if overrides:
+        src = f"{src} (with --set {' '.join(overrides)})"
+    raw.pop("source_file", None)
+    return raw, src
+
+
+def load_typed(cls, path: str | os.PathLike, overrides: list[str] | None = None):
+    """:func:`read_options`, then :func:`to_typed` into the dataclass ``cls`` (its ``source_file``, when it
+    has one, is set to ``path``)."""
+    raw, src = read_options(path, overrides)
+    typed = to_typed(cls, raw, src)
+    if hasattr(typed, "source_file"):
+        typed.source_file = str(path)
+    return typed
+
+
 # --------------------------------------------------------------------------- checking
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
