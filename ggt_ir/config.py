@@ -59,14 +59,6 @@ class SchedulerOptions:
 
 
 @dataclass
-class LossOptions:
-    type: str = "L1Loss"  # see ggt_ir/losses.py
-    loss_weight: float = 1.0
-    reduction: str = "mean"
-    eps: float = 1e-3  # CharbonnierLoss
-
-
-@dataclass
 class LPIPSOptions:
     """LPIPS (VGG) loss for generative restorers; weights from local files (ggt_ir/generative/lpips.py)."""
 
@@ -99,8 +91,8 @@ class TrainOptions:
     warmup_iter: int = 0
     optim_g: OptimOptions = field(default_factory=OptimOptions)
     scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
-    pixel_opt: Optional[LossOptions] = None
-    losses: List[LossOptions] = field(default_factory=list)  # composed with pixel_opt
+    pixel_opt: Optional[Dict[str, Any]] = None  # {type: <a LOSSES name>, loss_weight, ...}; checked by LOSSES
+    losses: List[Dict[str, Any]] = field(default_factory=list)  # composed with pixel_opt
     ema_decay: float = 0.0  # 0 disables the EMA generator
     grad_clip: float = 0.0  # max grad norm; 0 disables
     mixed_precision: str = "no"  # no | fp16 | bf16
@@ -371,6 +363,13 @@ def load_options(
         raise OptionsError(f"{src}: network_g.type: {e}") from None
     check_constructor_kwargs(arch, net_kwargs, src, "network_g")
 
+    from ggt_ir.losses import LOSSES
+
+    t = opt.train
+    if t.pixel_opt is not None:
+        t.pixel_opt = LOSSES.check(t.pixel_opt, src, "train.pixel_opt")
+    t.losses = [LOSSES.check(lo, src, f"train.losses[{i}]") for i, lo in enumerate(t.losses)]
+
     from ggt_ir.train.steps import STEPS
 
     if opt.model_type not in STEPS:
@@ -397,11 +396,6 @@ def _check_choices(opt: Options, src: str) -> None:
         bad("train.gradient_accumulation_steps", t.gradient_accumulation_steps, [">= 1"])
     if t.total_iter < 1:
         bad("train.total_iter", t.total_iter, [">= 1"])
-    from ggt_ir.losses import LOSSES
-
-    for i, lo in enumerate(([t.pixel_opt] if t.pixel_opt else []) + list(t.losses)):
-        if lo.type not in LOSSES:
-            bad(f"train.losses[{i}].type" if lo is not t.pixel_opt else "train.pixel_opt.type", lo.type, LOSSES.names())
     for name, m in opt.val.metrics.items():
         if m.type not in ("psnr", "ssim"):
             bad(f"val.metrics.{name}.type", m.type, ["psnr", "ssim"])

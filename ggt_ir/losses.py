@@ -2,10 +2,16 @@
 
 Each loss is ``loss_weight * reduce(elementwise(pred, target))``; the trainer logs each one
 as ``l_<name>`` (BasicSR's convention) and optimizes their sum.
+
+A loss class declares its option keys in a nested ``Options`` dataclass (``type`` plus its constructor's
+keyword arguments); the :data:`LOSSES` registry checks each ``{type: ..., ...}`` block against it when
+the option file loads.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,6 +31,13 @@ LOSSES = Registry(
 
 class _PixelLoss(nn.Module):
     short_name = "pix"
+
+    @dataclass
+    class Options:
+        type: str = "L1Loss"
+        loss_weight: float = 1.0
+        reduction: str = "mean"  # mean | sum
+        eps: float = 1e-3  # CharbonnierLoss
 
     def __init__(self, loss_weight: float = 1.0, reduction: str = "mean", eps: float = 1e-3):
         super().__init__()
@@ -74,6 +87,12 @@ class PSNRLoss(_PixelLoss):
         return self.loss_weight * (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean()
 
 
+def build_loss(spec) -> nn.Module:
+    """One loss from its typed ``Options`` (the constructor takes every field but ``type``)."""
+    cls = LOSSES.get(spec.type)
+    return cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "type"})
+
+
 def build_losses(train_opts) -> dict[str, nn.Module]:
     """{log name: loss module} from ``pixel_opt`` (logged as ``l_pix``) and the ``losses`` list."""
     out: dict[str, nn.Module] = {}
@@ -82,7 +101,7 @@ def build_losses(train_opts) -> dict[str, nn.Module]:
     ]
     for name, spec in specs:
         cls = LOSSES.get(spec.type)
-        module = cls(loss_weight=spec.loss_weight, reduction=spec.reduction, eps=spec.eps)
+        module = build_loss(spec)
         name = name or f"l_{cls.short_name}"
         base, i = name, 2
         while name in out:

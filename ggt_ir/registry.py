@@ -6,6 +6,10 @@ heavy optional dependency (diffusers, pyiqa, ...) never breaks ``import ggt_ir``
 
 Add a built-in entry by adding one line to the table where the registry is defined
 (e.g. ``ggt_ir/archs/__init__.py``); register user code at run time with ``@REG.register()``.
+
+Each registry also validates its own option blocks (:meth:`Registry.check`): an entry with a nested
+``Options`` dataclass (datasets, losses) is typed against it; any other entry (architectures) has its
+keys checked against its constructor's arguments.
 """
 from __future__ import annotations
 
@@ -70,3 +74,23 @@ class Registry:
         obj = getattr(module, attr)
         self._objects[name] = obj
         return obj
+
+    def check(self, block: Any, src: str, key_path: str, defaults: dict | None = None) -> Any:
+        """Check one ``{type: Name, ...}`` option block; returns the entry's typed ``Options`` (with
+        ``defaults`` filled in where the block leaves them out), or for an entry without one the block itself.
+        Raises :class:`ggt_ir.config.OptionsError` naming ``src`` and ``key_path``."""
+        from ggt_ir.config import OptionsError, check_constructor_kwargs, to_typed
+
+        if not isinstance(block, dict) or "type" not in block:
+            raise OptionsError(f"{src}: '{key_path}' needs a 'type' (one of {', '.join(self.names())})")
+        try:
+            obj = self.get(block["type"])
+        except KeyError as e:
+            raise OptionsError(f"{src}: {key_path}.type: {e}") from None
+        options_cls = getattr(obj, "Options", None)
+        if options_cls is None:
+            kwargs = {k: v for k, v in block.items() if k != "type"}
+            check_constructor_kwargs(obj, kwargs, src, key_path)
+            return dict(block)
+        full = {**(defaults or {}), **block}
+        return to_typed(options_cls, full, src, key_path + ".")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ggt_ir.config import LossOptions, TrainOptions
+from ggt_ir.config import TrainOptions
 from ggt_ir.eval.psnr_ssim import psnr
 from ggt_ir.losses import CharbonnierLoss, L1Loss, PSNRLoss, build_losses
 
@@ -20,8 +20,9 @@ def test_charbonnier_is_a_smooth_l1():
 
 
 def test_losses_compose_with_weights_and_unique_names():
-    t = TrainOptions(pixel_opt=LossOptions(type="L1Loss", loss_weight=1.0),
-                     losses=[LossOptions(type="L1Loss", loss_weight=0.5), LossOptions(type="MSELoss", loss_weight=2.0)])
+    Opts = L1Loss.Options
+    t = TrainOptions(pixel_opt=Opts(type="L1Loss", loss_weight=1.0),
+                     losses=[Opts(type="L1Loss", loss_weight=0.5), Opts(type="MSELoss", loss_weight=2.0)])
     losses = build_losses(t)
     assert list(losses) == ["l_pix", "l_l1", "l_mse"]
     x, y = torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)
