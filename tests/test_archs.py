@@ -16,7 +16,8 @@ import yaml
 
 from ggt_ir.archs import ARCHS, build_network
 from ggt_ir.archs.weights import load_weights
-from ggt_ir.config import OptionsError, check_constructor_kwargs, load_options, read_yaml_with_includes
+from ggt_ir.config import OptionsError, check_constructor_kwargs, read_yaml_with_includes
+from ggt_ir.train.options import load_options
 
 pytestmark = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")  # spandrel
 

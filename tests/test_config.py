@@ -2,7 +2,8 @@
 import pytest
 import yaml
 
-from ggt_ir.config import OptionsError, load_options, options_to_yaml
+from ggt_ir.config import OptionsError, options_to_yaml
+from ggt_ir.train.options import load_options
 from helpers import tiny_options, write_options
 
 

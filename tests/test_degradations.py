@@ -120,7 +120,8 @@ def test_kernels():
 
 
 def test_options_via_config(hq_root, tmp_path, demo_root):
-    from ggt_ir.config import OptionsError, load_options
+    from ggt_ir.config import OptionsError
+    from ggt_ir.train.options import load_options
     from helpers import tiny_options, write_options
 
     opt = tiny_options(demo_root, tmp_path / "exp")

@@ -43,7 +43,7 @@ def editor_options(demo_root, exp_root, model_dir, name="ed", **over):
 
 
 def _train(opt_dict, tmp_path, resume=None):
-    from ggt_ir.config import load_options
+    from ggt_ir.train.options import load_options
     from ggt_ir.train.trainer import Trainer
 
     opt = load_options(write_options(tmp_path / f"{opt_dict['name']}.yml", opt_dict))
@@ -168,7 +168,7 @@ def test_inference_steps_guidance_and_buckets(tiny_kontext):
 
 
 def test_offline_error_and_option_files(monkeypatch, tmp_path):
-    from ggt_ir.config import load_options
+    from ggt_ir.train.options import load_options
     from ggt_ir.generative.editor import EditorLoRA
     from ggt_ir.generative.pretrained import PretrainedNotFoundError
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ggt_ir.archs import build_network
 from ggt_ir.cli import main as cli_main
-from ggt_ir.inference.tiling import model_pad_multiple, model_scale, restore, self_ensemble, tiled_forward
+from ggt_ir.utils.tiling import model_pad_multiple, model_scale, restore, self_ensemble, tiled_forward
 
 NAF = {"type": "NAFNet", "width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
 

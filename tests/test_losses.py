@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ggt_ir.config import TrainOptions
+from ggt_ir.train.options import TrainOptions
 from ggt_ir.eval.psnr_ssim import psnr
 from ggt_ir.losses import CharbonnierLoss, L1Loss, PSNRLoss, build_losses
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ggt_ir.config import OptionsError, load_options
+from ggt_ir.config import OptionsError
+from ggt_ir.train.options import load_options
 from ggt_ir.data.shard_io import (ShardOpenError, hf_filesystem_path, hf_to_resolve_url, parse_hf_url,
                                   scan_local_tar)
 from ggt_ir.data.shards import main as shards_main

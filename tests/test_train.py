@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ggt_ir.config import load_options
+from ggt_ir.train.options import load_options
 from ggt_ir.train.checkpoint import list_checkpoints, resolve_resume
 from ggt_ir.train.trainer import Trainer
 from helpers import tiny_options, write_options
@@ -87,7 +87,7 @@ def test_nonfinite_loss_stops_with_iteration_or_skips(demo_root, tmp_path, monke
         return e * float("nan") if calls["n"] == 2 else e
 
     monkeypatch.setattr(losses.L1Loss, "elementwise", poisoned)
-    from ggt_ir.train.steps import NonFiniteLossError
+    from ggt_ir.train.step_api import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="iteration 2"):
         _train(_opts(demo_root, tmp_path, name="nan_stop"))

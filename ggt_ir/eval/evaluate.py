@@ -170,7 +170,7 @@ def restore_batch(net: torch.nn.Module, lq: torch.Tensor, tile: int = 0, overlap
                   ensemble: bool = False) -> torch.Tensor:
     """The network on a batch: whole, or in feathered overlapping tiles (``tile``/``overlap`` in LQ
     pixels) when ``tile`` > 0, optionally with the x8 self-ensemble (ggt_ir.inference.tiling)."""
-    from ggt_ir.inference.tiling import restore
+    from ggt_ir.utils.tiling import restore
 
     return restore(net, lq, tile, overlap, ensemble=ensemble)
 
@@ -204,7 +204,7 @@ class ModelSource:
         else:
             self.info.update(checkpoint=None, note="no checkpoint: randomly initialised network")
         self.net.eval().to(device)
-        from ggt_ir.inference.tiling import model_scale
+        from ggt_ir.utils.tiling import model_scale
 
         self.m, self.device = m, device
         self.info.update(network_g=network_g, scale=model_scale(self.net), tile=m.tile, tile_overlap=m.tile_overlap,

@@ -96,6 +96,8 @@ def calculate_shift(seq_len: int, cfg) -> float:
 
 
 class EditorLoRA(nn.Module):
+    model_type = "editor_lora"  # the trainer step that trains it (ggt_ir/train/steps/)
+
     def __init__(
         self,
         pretrained: str,

@@ -5,13 +5,11 @@
 * LoRA-only module state: a module whose ``state_dict`` holds only its ``lora_`` tensors, so
   ``accelerator.save_state``/``load_state`` checkpoint and restore exactly the trained weights
   (and not gigabytes of frozen ones) -- the failure of diffusers#12689 is that they were not restored;
-* :class:`LoraEMA`: an EMA of the trainable tensors only;
 * export in the standard peft layout (``adapter_config.json`` + ``adapter_model.safetensors``,
   loadable with ``peft.PeftModel.from_pretrained``) and loading it back; merging into base weights.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -108,48 +106,6 @@ def keep_lora_state_only(module: nn.Module) -> None:
 
     module.register_state_dict_post_hook(drop_frozen)
     module.register_load_state_dict_post_hook(ignore_frozen_missing)
-
-
-class LoraEMA:
-    """EMA of the trainable (LoRA) tensors of a module; checkpointable (state_dict/load_state_dict)."""
-
-    def __init__(self, module: nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in (0, 1), got {decay}")
-        self.decay = decay
-        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        for n, p in module.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1.0 - self.decay)
-
-    @contextlib.contextmanager
-    def swapped_in(self, module: nn.Module):
-        """Temporarily load the EMA values into ``module`` (for validation / export)."""
-        params = dict(module.named_parameters())
-        backup = {n: params[n].detach().clone() for n in self.shadow}
-        with torch.no_grad():
-            for n, v in self.shadow.items():
-                params[n].copy_(v.to(params[n].device, params[n].dtype))
-        try:
-            yield module
-        finally:
-            with torch.no_grad():
-                for n, v in backup.items():
-                    params[n].copy_(v)
-
-    def to(self, device) -> "LoraEMA":
-        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
-        return self
-
-    def state_dict(self) -> dict:
-        return dict(self.shadow)
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state.items():
-            self.shadow[k].copy_(v)
 
 
 def adapter_summary(model) -> dict:

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggt_ir.generative import lora as L
-from ggt_ir.generative.tiling import COLOR_FIXES, color_fix, tiled_apply
+from ggt_ir.generative.color_fix import COLOR_FIXES, color_fix
+from ggt_ir.utils.tiling import tiled_apply
 
 SD_SUBFOLDERS = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -39,6 +40,8 @@ def resolve_dtype(weight_dtype: str, mixed_precision: str = "no") -> torch.dtype
 
 
 class OneStepSD(nn.Module):
+    model_type = "onestep_sd"  # the trainer step that trains it (ggt_ir/train/steps/)
+
     def __init__(
         self,
         pretrained: str,
@@ -203,9 +206,9 @@ class OneStepSD(nn.Module):
             return 0 if tile <= 0 else max(mult, tile // mult * mult)
 
         vt, lt = snap(vae_tile, m), snap(latent_tile, self.unet_factor)
-        z = tiled_apply(self.encode, x, vt, snap(int(vt * self.tile_overlap), m), 1 / f)
+        z = tiled_apply(self.encode, x, vt, snap(int(vt * self.tile_overlap), m), scale=1 / f)
         z0 = tiled_apply(lambda t: self.denoise(t, emb), z, lt, snap(int(lt * self.tile_overlap), self.unet_factor))
-        out = tiled_apply(self.decode, z0, vt // f, snap(int(vt * self.tile_overlap), m) // f, f)
+        out = tiled_apply(self.decode, z0, vt // f, snap(int(vt * self.tile_overlap), m) // f, scale=f)
         out = out[..., :H, :W]
         return color_fix(out, lq, fix).float().clamp(0, 1)
 

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ggt_ir.config import OptionsError, load_options
+    from ggt_ir.config import OptionsError
+    from ggt_ir.train.options import load_options
 
     try:
         opt = load_options(args.opt, args.set, debug=args.debug)

@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ggt_ir.config import Options, options_to_yaml
+from ggt_ir.config import options_to_yaml
 from ggt_ir.eval.psnr_ssim import METRIC_FUNCTIONS, quantize
 from ggt_ir.train.checkpoint import resolve_resume, save_checkpoint
 from ggt_ir.train.logging import message_line, results_table, setup_logger
+from ggt_ir.train.options import Options
 from ggt_ir.utils.image_io import save_png, side_by_side
 
 
@@ -108,8 +109,6 @@ class Trainer:
             acc.load_state(str(self.resume_dir))  # models, optimizers, schedulers, EMA, RNG, counters
             self.log.info("resumed from %s at iteration %d", self.resume_dir, self.state.iter)
 
-        if "train" not in opt.datasets:
-            raise ValueError(f"{opt.source_file}: no datasets.train block")
         self.train_set = DATASETS.get(opt.datasets["train"].type)(opt.datasets["train"])
         self.val_sets = {k: DATASETS.get(v.type)(v) for k, v in opt.val_sets().items()}
         if acc.is_main_process and trackers:

@@ -62,5 +62,16 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 4 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_tree(path: str | os.PathLike) -> str:
+    """A file's sha256, or for a folder the sha256 of its files' relative paths and hashes (in order)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()

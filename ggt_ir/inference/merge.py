@@ -19,36 +19,34 @@ from pathlib import Path
 
 def merge_adapters(adapter_dir: str | Path, output: str | Path, base: str | None = None,
                    dtype: str = "fp32") -> Path:
-    from ggt_ir.generative.onestep_sd import ADAPTER_JSON, OneStepSD
-
-    adapter_dir, output = Path(adapter_dir), Path(output)
-    info = json.loads((adapter_dir / ADAPTER_JSON).read_text())
-    if info.get("network") != "OneStepSD":
-        raise ValueError(f"{adapter_dir}: merge supports OneStepSD adapters; this folder holds {info.get('network')!r}")
-    over = {"weight_dtype": dtype, **({"pretrained": base} if base else {})}
-    kwargs = {**info["network_g"], **over}
-    net = OneStepSD.from_export(adapter_dir, **over)
-    n = net.merge_lora()
-    tmp = output.with_name(f".tmp-{output.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    net.unet.save_pretrained(str(tmp / "unet"))
-    net.vae.save_pretrained(str(tmp / "vae"))
-    net.text_encoder.save_pretrained(str(tmp / "text_encoder"))
-    net.tokenizer.save_pretrained(str(tmp / "tokenizer"))
     from diffusers import DDPMScheduler
 
-    DDPMScheduler.from_config(_scheduler_config(kwargs)).save_pretrained(str(tmp / "scheduler"))
-    src = Path(kwargs["pretrained"])
-    if (src / "model_index.json").is_file():
-        shutil.copyfile(src / "model_index.json", tmp / "model_index.json")
+    from ggt_ir.inference.loader import load_restorer
+    from ggt_ir.utils.fs import atomic_dir
+
+    adapter_dir, output = Path(adapter_dir), Path(output)
+    over = {"weight_dtype": dtype, **({"pretrained": base} if base else {})}
+    restorer = load_restorer(adapter_dir, overrides=over)
+    net, kwargs = restorer.model, restorer.info["network_g"]
+    if not hasattr(net, "merge_lora"):
+        raise ValueError(f"{adapter_dir}: merge supports OneStepSD adapters; this folder holds {kwargs['type']!r}")
+    n = net.merge_lora()
+    info = json.loads((adapter_dir / "ggt_ir_adapter.json").read_text())
     info.update(merged_layers=n, merged_from=str(adapter_dir), merged_dtype=dtype)
-    (tmp / "ggt_ir_merged.json").write_text(json.dumps(info, indent=2))
-    if output.exists():
-        shutil.rmtree(output)
-    tmp.rename(output)
-    return output
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        net.unet.save_pretrained(str(tmp / "unet"))
+        net.vae.save_pretrained(str(tmp / "vae"))
+        net.text_encoder.save_pretrained(str(tmp / "text_encoder"))
+        net.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        DDPMScheduler.from_config(_scheduler_config(kwargs)).save_pretrained(str(tmp / "scheduler"))
+        src = Path(kwargs["pretrained"])
+        if (src / "model_index.json").is_file():
+            shutil.copyfile(src / "model_index.json", tmp / "model_index.json")
+        (tmp / "ggt_ir_merged.json").write_text(json.dumps(info, indent=2))
+
+    return atomic_dir(output, write)
 
 
 def _scheduler_config(kwargs: dict) -> dict:
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = merge_adapters(args.adapters, args.output, args.base, args.dtype)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"ggt-ir merge: error: {e}", file=sys.stderr)
         return 2
     print(f"merged weights written to {out}")

@@ -1,7 +1,10 @@
-"""Tiled inference with feathered blending, and x8 self-ensemble, for any restoration network.
+"""The one tiler (pixel networks, VAE encode/decode, UNet on latents), and x8 self-ensemble.
 
-``tiled_forward(net, x, tile=512, overlap=32)`` runs ``net`` on overlapping ``tile`` x ``tile``
-windows of ``x`` (B, C, H, W) and blends them into one output, so a 4K image fits in memory:
+``tiled_apply(fn, x, tile, overlap, scale=...)`` runs ``fn`` on overlapping ``tile`` x ``tile`` windows of
+``x`` (B, C, H, W) and blends the outputs into one, so memory grows with the tile, not the image.
+``scale`` is the output/input size ratio (1/8 for an SD VAE encoder, 8 for its decoder, 1 for a UNet
+on latents, the upscale of an SR network). ``tiled_forward(net, x, tile=512, overlap=32)`` is the same
+for a zoo network, whose ``pad_multiple`` and scale it reads:
 
 * the tile size is rounded down to the network's ``pad_multiple`` (zoo models expose it: SwinIR the
   window size, Restormer/PromptIR 8, NAFNet 2**len(enc_blk_nums)), so no tile is padded inside the
@@ -60,37 +63,45 @@ def _ramp(n: int, overlap: int, cut_lo: bool, cut_hi: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tiled_forward(net: nn.Module | Callable, x: torch.Tensor, tile: int = 0, overlap: int = 32, *,
-                  scale: int | None = None, pad_multiple: int | None = None, tile_batch: int = 1) -> torch.Tensor:
-    """``net(x)`` computed tile by tile (see the module docstring). ``tile <= 0`` or an image no
-    larger than one tile runs whole. The output is float32 on ``x``'s device."""
-    pad_multiple = pad_multiple or (model_pad_multiple(net) if isinstance(net, nn.Module) else 1)
-    scale = scale or (model_scale(net) if isinstance(net, nn.Module) else 1)
+def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = 0, overlap: int = 32, *,
+                scale: float = 1.0, pad_multiple: int = 1, tile_batch: int = 1) -> torch.Tensor:
+    """``fn(x)`` computed tile by tile (see the module docstring); ``tile`` and ``overlap`` in input pixels.
+    ``tile <= 0`` or an input no larger than one tile runs whole. Blended outputs are float32."""
     b, _, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
-        return net(x).float()
+        return fn(x)
     tile = max(pad_multiple, tile // pad_multiple * pad_multiple)
     if overlap >= tile:
         raise ValueError(f"tile overlap ({overlap}) must be smaller than the tile ({tile} after rounding "
                          f"down to the network's multiple {pad_multiple})")
     th, tw = min(tile, h), min(tile, w)
     ys, xs = _starts(h, th, th - overlap), _starts(w, tw, tw - overlap)
+    sz = lambda n: round(n * scale)  # noqa: E731 - input pixels -> output pixels
     out = weight = None
     boxes = [(y, x0) for y in ys for x0 in xs]
     for i in range(0, len(boxes), tile_batch):
         chunk = boxes[i : i + tile_batch]
-        y_out = net(torch.cat([x[..., y : y + th, x0 : x0 + tw] for y, x0 in chunk])).float()
+        y_out = fn(torch.cat([x[..., y : y + th, x0 : x0 + tw] for y, x0 in chunk])).float()
         if out is None:
-            out = x.new_zeros((b, y_out.shape[1], h * scale, w * scale), dtype=torch.float32)
-            weight = x.new_zeros((1, 1, h * scale, w * scale), dtype=torch.float32)
+            out = torch.zeros((b, y_out.shape[1], sz(h), sz(w)), dtype=torch.float32, device=y_out.device)
+            weight = torch.zeros((1, 1, sz(h), sz(w)), dtype=torch.float32, device=y_out.device)
         for j, (y, x0) in enumerate(chunk):
-            wy = _ramp(th * scale, overlap * scale, y > 0, y + th < h)
-            wx = _ramp(tw * scale, overlap * scale, x0 > 0, x0 + tw < w)
+            wy = _ramp(sz(th), sz(overlap), y > 0, y + th < h)
+            wx = _ramp(sz(tw), sz(overlap), x0 > 0, x0 + tw < w)
             wt = (wy[:, None] * wx[None, :]).to(out.device)
-            sl = (..., slice(y * scale, (y + th) * scale), slice(x0 * scale, (x0 + tw) * scale))
+            sl = (..., slice(sz(y), sz(y) + sz(th)), slice(sz(x0), sz(x0) + sz(tw)))
             out[sl] += y_out[j * b : (j + 1) * b] * wt
             weight[sl] += wt
     return out / weight
+
+
+def tiled_forward(net: nn.Module | Callable, x: torch.Tensor, tile: int = 0, overlap: int = 32, *,
+                  scale: int | None = None, pad_multiple: int | None = None, tile_batch: int = 1) -> torch.Tensor:
+    """:func:`tiled_apply` for a network: its ``pad_multiple`` and output scale are read from it (zoo
+    models expose them). The output is float32 on ``x``'s device."""
+    pad_multiple = pad_multiple or (model_pad_multiple(net) if isinstance(net, nn.Module) else 1)
+    scale = scale or (model_scale(net) if isinstance(net, nn.Module) else 1)
+    return tiled_apply(net, x, tile, overlap, scale=scale, pad_multiple=pad_multiple, tile_batch=tile_batch).float()
 
 
 def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

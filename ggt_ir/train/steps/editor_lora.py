@@ -1,0 +1,107 @@
+"""``editor_lora``: flow-matching LoRA finetuning of an instruction editor (FLUX.1-Kontext, Qwen-Image-Edit;
+``ggt_ir/generative/editor.py``).
+
+One loss, ``l_flow`` (the rectified-flow velocity MSE). Validation runs the full sampler
+(``network_g.num_inference_steps``, guidance) on the LQ image with the instruction. Under FSDP / DeepSpeed
+the LoRA tensors are gathered on every rank before an export (:meth:`EditorLoRAStep.before_export`, called
+by the trainer on all ranks) -- unchecked on GPUs, see docs/generative.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ggt_ir.config import OptionsError
+from ggt_ir.train.step_api import NONFINITE, Step
+from ggt_ir.utils.fs import atomic_dir
+
+
+class EditorLoRAStep(Step):
+    network_type = "EditorLoRA"
+
+    @classmethod
+    def check_options(cls, opt, src: str) -> None:
+        t = opt.train
+        if t.pixel_opt or t.losses:
+            raise OptionsError(f"{src}: model_type editor_lora trains with the flow-matching loss only; "
+                               "remove train.pixel_opt / train.losses")
+
+    def __init__(self, opt, accelerator, log):
+        from accelerate.utils import DistributedType
+
+        from ggt_ir.generative.editor import EditorLoRA
+        from ggt_ir.train.ema import EMA
+        from ggt_ir.train.optim import build_optimizer, build_scheduler
+
+        self.opt, self.acc, self.log, t = opt, accelerator, log, opt.train
+        kwargs = {k: v for k, v in opt.network_g.items() if k != "type"}
+        if opt.path.pretrain_network_g:
+            kwargs["adapters"] = opt.path.pretrain_network_g
+        self.sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if self.sharded and t.ema_decay > 0:
+            raise ValueError("train.ema_decay > 0 is not supported with FSDP/DeepSpeed (the EMA would hold "
+                             "shards); set train.ema_decay: 0")
+        net = EditorLoRA(**kwargs, _mixed_precision=t.mixed_precision)
+        if net.num_trainable == 0:
+            raise ValueError("EditorLoRA: no trainable LoRA tensors (network_g.lora_rank: 0 and no adapters)")
+        net.to(accelerator.device)
+        optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], t.optim_g)
+        self.scheduler = build_scheduler(optimizer, t)
+        self.ema = EMA(net, t.ema_decay).to(accelerator.device) if t.ema_decay > 0 else None
+        self.net_g, self.optimizer = accelerator.prepare(net, optimizer)
+        accelerator.register_for_checkpointing(self.scheduler)
+        if self.ema is not None:
+            accelerator.register_for_checkpointing(self.ema)
+        self.num_params = sum(p.numel() for p in net.parameters())
+        self.num_frozen_helpers = sum(p.numel() for m in net._frozen_modules() for p in m.parameters())
+        self.num_trainable = net.num_trainable
+        self._gathered = None
+
+    def describe(self) -> dict:
+        net = self.acc.unwrap_model(self.net_g)
+        info = net.adapter_info()["transformer"]
+        lora = "; ".join(f"transformer.{a} r{v['rank']} alpha {v['alpha']} ({v['num_targets']} layers)"
+                         for a, v in info.items())
+        return {"network_g": f"EditorLoRA ({net.family}) from {net.config['pretrained']}: transformer "
+                             f"{self.num_params / 1e6:.3f} M parameters + {self.num_frozen_helpers / 1e6:.3f} M frozen "
+                             f"(VAE, text encoders), {self.num_trainable / 1e6:.3f} M trainable (LoRA)",
+                "LoRA": lora or "none",
+                "frozen weights": str(net.dtype_).replace("torch.", ""),
+                "instruction": f"{net.prompt_mode} {net.prompt!r}",
+                "flow matching": f"weighting {net.weighting['weighting_scheme']}, train guidance {net.train_guidance}",
+                "buckets": (f"{net.buckets} (area {net.bucket_area}, train resize {net.bucket_train})"
+                            if net.buckets == "model" else "none (pad to a multiple of %d)" % net.multiple),
+                "inference": f"{net.num_inference_steps} steps, guidance {net.guidance_scale}, "
+                             f"true CFG {net.true_cfg_scale}",
+                "EMA": f"decay {self.ema.decay} (LoRA tensors)" if self.ema else "off"}
+
+    def train_step(self, batch: dict, it: int) -> dict:
+        with self.acc.accumulate(self.net_g):
+            losses = {"l_flow": self.net_g(batch["lq"], batch["gt"], batch.get("prompt"))}
+            if not self.losses_finite(losses, it):
+                return NONFINITE
+            self.optimizer_step(losses["l_flow"], self.optimizer, self.scheduler, self.net_g.parameters())
+        self.update_ema()
+        return {k: v.detach() for k, v in losses.items()}
+
+    def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor:
+        from ggt_ir.inference.loader import sample_prompts
+
+        with self.inference_network() as net:
+            return net.restore(lq, sample_prompts(sample)).float().clamp(0, 1)
+
+    def before_export(self) -> None:
+        """Collective (all ranks): gather the sharded LoRA tensors for the main process's export."""
+        if self.sharded:
+            state = self.acc.get_state_dict(self.net_g)
+            self._gathered = {k: v for k, v in state.items() if ".lora_" in k} if state is not None else None
+
+    def export(self, path_stem, it: int) -> list[str]:
+        """``<stem>/``: ``pytorch_lora_weights.safetensors`` (diffusers), ``transformer.default/`` (peft),
+        ``ggt_ir_adapter.json`` (the EMA weights when EMA is on)."""
+        net = self.acc.unwrap_model(self.net_g)
+        extra = {"ema": self.ema is not None, "experiment": self.opt.name}
+        with self.ema_weights(net):
+            atomic_dir(Path(path_stem), lambda tmp: net.export_adapters(tmp, it, extra, lora_state=self._gathered))
+        return [str(path_stem)]
