@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import torch
 
-from ggt_ir.config import OptionsError
+from ggt_ir.config import OptionsError, at_least
 from ggt_ir.data.pairing import _walk
 from ggt_ir.utils.image_io import read_image, to_tensor
 
@@ -25,10 +25,10 @@ class LQFolderDataset(torch.utils.data.Dataset):
         type: str = "LQFolder"
         dataroot: Optional[str] = None
         categories: Optional[List[str]] = None  # keep only these subsets (first folder names)
-        scale: int = 1
+        scale: int = at_least(1, 1)
         prompt: str = ""
-        batch_size_per_gpu: int = 1
-        num_worker_per_gpu: int = 0
+        batch_size_per_gpu: int = at_least(1, 1)
+        num_worker_per_gpu: int = at_least(0, 0)
         pin_memory: bool = False
 
         def check(self, src: str, key: str) -> None:

@@ -9,7 +9,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 import torch
 
-from ggt_ir.config import OptionsError
+from ggt_ir.config import OptionsError, at_least
 from ggt_ir.data.pairing import Pair, find_pairs, pairs_from_two_folders
 from ggt_ir.data.sampler import ResumableBatchSampler
 from ggt_ir.data.transforms import check_pair_size, paired_flip_rot, paired_random_crop
@@ -34,12 +34,12 @@ class PairedFolderDataset(torch.utils.data.Dataset):
         dataroot_gt: Optional[str] = None
         split: Optional[str] = None  # keep only this split of a GGT-style tree (train | test)
         categories: Optional[List[str]] = None  # keep only these categories (default: all)
-        scale: int = 1
-        gt_size: int = 0  # training crop size on the GT side; 0 = whole images
+        scale: int = at_least(1, 1)
+        gt_size: int = at_least(0, 0)  # training crop size on the GT side; 0 = whole images
         use_hflip: bool = True
         use_rot: bool = True
-        batch_size_per_gpu: int = 1
-        num_worker_per_gpu: int = 2
+        batch_size_per_gpu: int = at_least(1, 1)
+        num_worker_per_gpu: int = at_least(2, 0)
         pin_memory: bool = False
         prompt: str = ""  # fixed prompt passed to the batch (generative models)
 

@@ -32,7 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 import torch
 
-from ggt_ir.config import OptionsError
+from ggt_ir.config import OptionsError, at_least
 from ggt_ir.data.shard_io import (DecodeError, ShardTruncated, decode_image, expand_urls, image_ext,
                                   iter_tar_samples, local_path, open_shard, read_json_url, scan_local_tar,
                                   shard_counts_from_manifests)
@@ -341,17 +341,17 @@ class GGTShardsDataset:
         sources: List[ShardSource] = field(default_factory=list)  # a weighted mixture instead of ``urls``
         categories: Optional[List[str]] = None  # keep only these categories
         category_weights: Dict[str, float] = field(default_factory=dict)  # e.g. {snow: 2.0}: 2x as often
-        scale: int = 1
-        gt_size: int = 256  # training crop (HQ side); 0 = whole images
+        scale: int = at_least(1, 1)
+        gt_size: int = at_least(256, 0)  # training crop (HQ side); 0 = whole images
         use_hflip: bool = True
         use_rot: bool = True
-        crops_per_image: int = 1  # crops taken from every decoded pair (amortizes decoding)
+        crops_per_image: int = at_least(1, 1)  # crops taken from every decoded pair (amortizes decoding)
         shuffle_buffer: int = 128  # crops per worker (shards are already shuffled at build time)
         shard_shuffle: bool = True
         resampled: bool = True  # endless stream; false: exact passes (each sample once per pass)
         epoch_batches: int = 0  # batches per rank and epoch; 0 = one pass (>= 500 batches) when counts are known
-        batch_size_per_gpu: int = 8
-        num_worker_per_gpu: int = 4
+        batch_size_per_gpu: int = at_least(8, 1)
+        num_worker_per_gpu: int = at_least(4, 0)
         pin_memory: bool = False
         prefetch_factor: int = 2
         open_retries: int = 3  # a shard that still cannot be opened after these is an error

@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from ggt_ir.utils.seeding import seeded
-from ggt_ir.config import OptionsError
+from ggt_ir.config import OptionsError, at_least
 from ggt_ir.data.pairing import find_pairs, list_images, normalize_category
 from ggt_ir.data.paired_folder import collate
 from ggt_ir.utils.image_io import read_image, to_tensor
@@ -211,12 +211,12 @@ class SyntheticDegradationDataset(torch.utils.data.Dataset):
         dataroot: Optional[str] = None  # or a GGT-style paired tree: its HQ side is used
         split: Optional[str] = None  # with dataroot: keep only this split
         categories: Optional[List[str]] = None
-        scale: int = 1
-        gt_size: int = 256  # training crop (HQ side), taken before degrading; 0 = whole images
+        scale: int = at_least(1, 1)
+        gt_size: int = at_least(256, 0)  # training crop (HQ side), taken before degrading; 0 = whole images
         use_hflip: bool = True
         use_rot: bool = True
-        batch_size_per_gpu: int = 8
-        num_worker_per_gpu: int = 4
+        batch_size_per_gpu: int = at_least(8, 1)
+        num_worker_per_gpu: int = at_least(4, 0)
         pin_memory: bool = False
         prompt: str = ""
         val_seed: int = 0  # validation LQs are seeded by (val_seed, index): the same on every run

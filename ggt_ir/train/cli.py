@@ -5,6 +5,7 @@ import argparse
 import os
 import shlex
 import sys
+import traceback
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,12 +34,38 @@ def main(argv: list[str] | None = None) -> int:
     except (OptionsError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from ggt_ir.train.checkpoint import CheckpointError
     from ggt_ir.train.trainer import Trainer
 
     command = " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
-    trainer = Trainer(opt, resume="latest" if args.auto_resume else args.resume, command=command)
-    trainer.fit()
+    try:
+        Trainer(opt, resume="latest" if args.auto_resume else args.resume, command=command).fit()
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - one line on the console, the traceback in the run's log file
+        log_file = _log_traceback(opt.name)
+        first = str(e).splitlines()[0] if str(e) else ""
+        where = f" (traceback in {log_file})" if log_file else ""
+        print(f"error: {type(e).__name__}: {first}{where}", file=sys.stderr)
+        if args.debug or not log_file:
+            traceback.print_exc()
+        return 1
     return 0
+
+
+def _log_traceback(run_name: str) -> str | None:
+    """Write the current exception's traceback into the run's log file; its path, or None without one."""
+    import logging
+
+    from ggt_ir.train.logging import run_logger_name
+
+    for h in logging.getLogger(run_logger_name(run_name)).handlers:
+        if isinstance(h, logging.FileHandler):
+            h.stream.write("".join(traceback.format_exc()))
+            h.flush()
+            return h.baseFilename
+    return None
 
 
 def run_and_exit(argv: list[str] | None = None) -> None:

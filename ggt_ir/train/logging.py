@@ -17,8 +17,12 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+def run_logger_name(name: str) -> str:
+    return f"ggt_ir.run.{name}"
+
+
 def setup_logger(name: str, log_file: Path | None, is_main: bool) -> logging.Logger:
-    log = logging.getLogger(f"ggt_ir.run.{name}")
+    log = logging.getLogger(run_logger_name(name))
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.INFO if is_main else logging.WARNING)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ggt_ir.config import options_to_yaml
 from ggt_ir.eval.psnr_ssim import METRIC_FUNCTIONS, quantize
-from ggt_ir.train.checkpoint import resolve_resume, save_checkpoint
+from ggt_ir.train.checkpoint import copy_as_latest, resolve_resume, save_checkpoint
 from ggt_ir.train.logging import message_line, results_table, setup_logger
 from ggt_ir.train.options import Options
 from ggt_ir.utils.image_io import save_png, side_by_side
@@ -83,7 +83,8 @@ class Trainer:
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.exp_dir), logging_dir=str(self.exp_dir / "tb")),
         )
-        self.resume_dir = resolve_resume(resume, self.ckpt_root)
+        resume_warnings: list[str] = []
+        self.resume_dir = resolve_resume(resume, self.ckpt_root, warn=resume_warnings.append)
         if acc.is_main_process and self.resume_dir is None and self.exp_dir.exists() and any(self.exp_dir.iterdir()):
             archived = self.exp_dir.with_name(f"{self.exp_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
             self.exp_dir.rename(archived)  # never overwrite an earlier run (BasicSR does the same)
@@ -96,6 +97,8 @@ class Trainer:
             (self.exp_dir / "options.yml").write_text(f"# command: {cmd}\n# time: {stamp}\n" + options_to_yaml(opt))
             with open(self.exp_dir / "commands.txt", "a") as f:
                 f.write(f"{stamp} {cmd}\n")
+            for w in resume_warnings:
+                self.log.warning(w)
             if resume == "latest" and self.resume_dir is None:
                 self.log.info("--resume latest: no checkpoint yet in %s, starting from scratch", self.ckpt_root)
         # the same seed on every rank while networks are built (identical initial weights and EMA copies),
@@ -160,8 +163,8 @@ class Trainer:
             sums = torch.zeros(2 * len(metric_items) + 1, dtype=torch.float64, device=acc.device)
             nm = len(metric_items)
             saved = 0
-            bar = tqdm(indices, desc=f"val {set_name}", leave=False,
-                       disable=not (acc.is_main_process and o.val.pbar))
+            bar = tqdm(indices, desc=f"val {set_name}", leave=False,  # bars on a terminal only (disable=None)
+                       disable=None if (acc.is_main_process and o.val.pbar) else True)
             for i in bar:
                 sample = dataset[i]
                 lq = sample["lq"][None].to(acc.device)
@@ -229,63 +232,68 @@ class Trainer:
         loader = self.train_set.train_loader(seed=o.manual_seed, rank=acc.process_index,
                                              world_size=acc.num_processes, start_iter=st.iter * accum)
         batches_per_epoch = getattr(self.train_set, "batches_per_epoch", None)
+        # a bar on a terminal only (disable=None): a log file or pipe gets the print_freq lines, no escape codes
         bar = tqdm(total=t.total_iter, initial=st.iter, desc=o.name, dynamic_ncols=True,
-                   disable=not acc.is_local_main_process,
-                   mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s
+                   disable=None if acc.is_local_main_process else True, mininterval=0.5)
         sums: dict[str, torch.Tensor] = {}
         count, t_iter, t_data = 0, 0.0, 0.0
         start_it, t0 = st.iter, time.time()
-        while st.iter < t.total_iter:
-            tic = time.time()
-            for _ in range(accum):
-                td = time.time()
-                batch = next(loader)
-                st.skipped_samples += int(batch.pop("skipped", 0) or 0)
-                t_data += time.time() - td
-                out = self.step.train_step(self._to_device(batch), st.iter + 1)
-                if "nonfinite" in out:
-                    st.nonfinite_steps += 1
-                    self.log.warning("iteration %d: non-finite loss, update skipped (train.skip_nonfinite)", st.iter + 1)
-                    continue
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0) + v.float()
-                count += 1
-            st.iter += 1
-            t_iter += time.time() - tic
-            bar.update(1)
-            if st.iter % lg.print_freq == 0 or st.iter == t.total_iter:
-                vals = {k: v / max(count, 1) for k, v in sums.items()}
-                if acc.num_processes > 1 and vals:
-                    vals = {k: acc.reduce(v.reshape(1), reduction="mean") for k, v in vals.items()}
-                vals = {k: float(v) for k, v in vals.items()}
-                n_it = st.iter - start_it
-                eta = (time.time() - t0) / max(n_it, 1) * (t.total_iter - st.iter)
-                epoch = (st.iter * accum) // batches_per_epoch if batches_per_epoch else None
-                extra = {"skipped": st.skipped_samples} if st.skipped_samples else {}
-                self.log.info(message_line(o.name, epoch, st.iter, self.step.current_lr(), eta,
-                                           t_iter / lg.print_freq, t_data / lg.print_freq, {**vals, **extra}))
-                bar.set_postfix({k: f"{v:.3e}" for k, v in vals.items()} | {"lr": f"{self.step.current_lr():.2e}"})
-                acc.log({**{f"train/{k}": v for k, v in vals.items()}, "train/lr": self.step.current_lr(),
-                         "train/skipped_samples": st.skipped_samples}, step=st.iter)
-                sums, count, t_iter, t_data = {}, 0, 0.0, 0.0
-            if self.val_sets and (st.iter % o.val.val_freq == 0 or st.iter == t.total_iter):
-                self.validate()
-            if st.iter % lg.save_checkpoint_freq == 0 or st.iter == t.total_iter:
-                self.save()
-        bar.close()
+        try:
+            while st.iter < t.total_iter:
+                tic = time.time()
+                for _ in range(accum):
+                    td = time.time()
+                    batch = next(loader)
+                    st.skipped_samples += int(batch.pop("skipped", 0) or 0)
+                    t_data += time.time() - td
+                    out = self.step.train_step(self._to_device(batch), st.iter + 1)
+                    if "nonfinite" in out:
+                        st.nonfinite_steps += 1
+                        self.log.warning("iteration %d: non-finite loss, update skipped (train.skip_nonfinite)", st.iter + 1)
+                        continue
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0) + v.float()
+                    count += 1
+                st.iter += 1
+                t_iter += time.time() - tic
+                bar.update(1)
+                if st.iter % lg.print_freq == 0 or st.iter == t.total_iter:
+                    vals = {k: v / max(count, 1) for k, v in sums.items()}
+                    if acc.num_processes > 1 and vals:
+                        vals = {k: acc.reduce(v.reshape(1), reduction="mean") for k, v in vals.items()}
+                    vals = {k: float(v) for k, v in vals.items()}
+                    n_it = st.iter - start_it
+                    eta = (time.time() - t0) / max(n_it, 1) * (t.total_iter - st.iter)
+                    epoch = (st.iter * accum) // batches_per_epoch if batches_per_epoch else None
+                    extra = {"skipped": st.skipped_samples} if st.skipped_samples else {}
+                    self.log.info(message_line(o.name, epoch, st.iter, self.step.current_lr(), eta,
+                                               t_iter / lg.print_freq, t_data / lg.print_freq, {**vals, **extra}))
+                    bar.set_postfix({k: f"{v:.3e}" for k, v in vals.items()} | {"lr": f"{self.step.current_lr():.2e}"})
+                    acc.log({**{f"train/{k}": v for k, v in vals.items()}, "train/lr": self.step.current_lr(),
+                             "train/skipped_samples": st.skipped_samples}, step=st.iter)
+                    sums, count, t_iter, t_data = {}, 0, 0.0, 0.0
+                if self.val_sets and (st.iter % o.val.val_freq == 0 or st.iter == t.total_iter):
+                    self.validate()
+                if st.iter % lg.save_checkpoint_freq == 0 or st.iter == t.total_iter:
+                    self.save()
+        finally:
+            bar.close()
         return self.finish()
 
     def save(self) -> None:
-        it = self.state.iter
-        path = save_checkpoint(self.acc, self.ckpt_root, it, self.opt.logger.keep_last)
-        gather = getattr(self.step, "before_export", None)  # collective: e.g. LoRA shards under FSDP/ZeRO-3
-        if gather is not None:
-            gather()
+        """A checkpoint and the iteration's weight exports, completed together (see train/checkpoint.py)."""
+        it, files = self.state.iter, []
+
+        def export() -> None:
+            self.step.before_export()  # collective: e.g. LoRA shards under FSDP/ZeRO-3
+            if self.acc.is_main_process:
+                files.extend(self.step.export(self.exp_dir / "models" / f"net_g_{it}", it))
+                for f in files:
+                    copy_as_latest(Path(f), f"net_g_{it}", "net_g_latest")
+
+        path = save_checkpoint(self.acc, self.ckpt_root, it, self.opt.logger.keep_last, before_complete=export)
         if self.acc.is_main_process:
-            files = self.step.export(self.exp_dir / "models" / f"net_g_{it}", it)
-            self.step.export(self.exp_dir / "models" / "net_g_latest", it)
             self.log.info("saved %s and %s", path, ", ".join(files))
-        self.acc.wait_for_everyone()
 
     def finish(self) -> dict:
         acc, st = self.acc, self.state
