@@ -13,7 +13,9 @@ import yaml
 from helpers import TINY_SWINIR, launch_two_processes
 
 from ggt_ir.eval.cli import main as eval_main
-from ggt_ir.eval.evaluate import EvalError, load_eval_options, run_evaluation
+from ggt_ir.eval.loop import run_evaluation
+from ggt_ir.eval.options import load_eval_options
+from ggt_ir.eval.sources import EvalError
 
 FAST = {"psnr": {}, "ssim": {}, "entropy": {}}  # weight-free; entropy: a pyiqa NR metric through the registry
 
@@ -74,6 +76,20 @@ def test_external_folder_mode(tmp_path, demo_root):
     rows = list(csv.DictReader((out / "per_image.csv").open()))
     assert [r["set"] for r in rows] == ["test"] * 6 and {"image", "category", "psnr", "ssim", "entropy"} <= set(rows[0])
     assert (out / "grids" / "test.png").is_file() and "grids/test.png" in (out / "index.html").read_text()
+
+
+def test_resolved_options_are_typed_once_and_load_back(tmp_path, demo_root):
+    """Eval sets and metrics are typed when the file loads; eval_options.yml loads back to the same."""
+    from ggt_ir.data.paired_folder import PairedFolderDataset
+    from ggt_ir.eval.metrics import MetricChoice
+
+    p = _options(tmp_path, demo_root, restored="input", metrics={"psnr": {}, "ssim_b": {"type": "ssim", "convention": "basicsr"}})
+    opt = load_eval_options(p)
+    assert isinstance(opt.datasets["test"], PairedFolderDataset.Options) and opt.datasets["test"].name == "test"
+    assert opt.metrics["ssim_b"] == MetricChoice("ssim_b", "ssim", {"convention": "basicsr"})
+    run_evaluation(opt)
+    again = load_eval_options(opt.out_dir / "eval_options.yml")
+    assert again.datasets == opt.datasets and again.metrics == opt.metrics and again.eval == opt.eval
 
 
 def test_missing_pair_and_size_mismatch_are_clear(tmp_path, demo_root):
@@ -163,7 +179,7 @@ def test_shipped_option_files_are_valid(demo_root):
     from helpers import ROOT
 
     from ggt_ir.config import read_yaml_with_includes, to_typed
-    from ggt_ir.eval.evaluate import EvalOptions
+    from ggt_ir.eval.options import EvalOptions
     from ggt_ir.eval.metrics import get_spec, parse_metric_options
     from ggt_ir.eval.table import load_table_options
 
@@ -179,9 +195,9 @@ def test_shipped_option_files_are_valid(demo_root):
 def test_tiled_restoration_matches_whole_image_for_a_pointwise_network():
     import torch
 
-    from ggt_ir.eval.evaluate import restore_batch
+    from ggt_ir.utils.tiling import restore
 
     net = torch.nn.Conv2d(3, 3, 1)
     x = torch.rand(2, 3, 40, 56)
     with torch.no_grad():
-        assert torch.allclose(restore_batch(net, x, tile=16, overlap=8), net(x), atol=1e-6)
+        assert torch.allclose(restore(net, x, tile=16, overlap=8), net(x), atol=1e-6)

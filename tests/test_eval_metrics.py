@@ -135,10 +135,30 @@ def test_metric_names_are_pyiqa_variants_with_directions():
 
 
 def test_metric_modules_do_not_import_pyiqa():
+    import pkgutil
     import subprocess
     import sys
 
-    code = ("import sys, ggt_ir.eval.metrics, ggt_ir.eval.evaluate, ggt_ir.eval.cli, ggt_ir.eval.table, "
-            "ggt_ir.eval.weights; print([m for m in ('pyiqa', 'basicsr') if m in sys.modules])")
+    import ggt_ir.eval
+
+    modules = [f"ggt_ir.eval.{m.name}" for m in pkgutil.iter_modules(ggt_ir.eval.__path__)]  # every eval module
+    assert {"ggt_ir.eval.metrics", "ggt_ir.eval.loop", "ggt_ir.eval.cli", "ggt_ir.eval.table"} <= set(modules)
+    code = f"import sys, {', '.join(modules)}; print([m for m in ('pyiqa', 'basicsr') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_trainer_validation_and_eval_use_one_psnr_ssim(photo_pairs):
+    """The trainer's call (positional crop_border, test_y_channel; BasicSR convention) and the eval suite's
+    `convention: basicsr` are the same code, so a run's val/psnr and `ggt-ir eval` agree."""
+    from ggt_ir.eval.psnr_ssim import METRIC_FUNCTIONS
+
+    pred = torch.cat([_t(lq) for _, lq, _ in photo_pairs[:4]])
+    ref = torch.cat([_t(gt) for _, _, gt in photo_pairs[:4]])
+    suite = MetricSuite({"psnr": {"convention": "basicsr", "crop_border": 4},
+                         "ssim": {"convention": "basicsr", "test_y_channel": False}})
+    ours = suite.score(pred, ref, ["a", "b", "c", "d"])
+    assert ours["psnr"] == METRIC_FUNCTIONS["psnr"](pred, ref, 4, True).tolist()
+    assert ours["ssim"] == METRIC_FUNCTIONS["ssim"](pred, ref, 0, False).tolist()
+    with pytest.raises(ValueError, match="shapes differ"):
+        METRIC_FUNCTIONS["psnr"](pred, ref[..., :-1], 0, True)

@@ -64,20 +64,19 @@ def list_metrics() -> int:
 
 
 def check_weights(opt) -> int:
-    from ggt_ir.eval.metrics import MetricSuite, parse_metric_options
+    from ggt_ir.eval.metrics import MetricSuite
     from ggt_ir.eval.weights import KNOWN_WEIGHTS, missing_files, resolve_weights_dir
 
     wd = resolve_weights_dir(opt.eval.weights_dir)
     print(f"weights folder: {wd}")
-    metrics = parse_metric_options(opt.metrics)
     bad = 0
-    for key, o in metrics.items():
-        name = o.get("type", key)
+    for key, choice in opt.metrics.items():  # parsed when the options loaded
+        name = choice.type
         miss = {m[0] for m in missing_files(name, wd)}
         for sub, fname, url in KNOWN_WEIGHTS.get(name, []):
             state = ("absent" if name == "niqe" else "MISSING") if fname in miss else "ok"
             print(f"  {key:<14} {state:<8} {sub}/{fname}  <- {url}")
-        suite = MetricSuite({key: o}, device="cpu", weights_dir=wd, strict=False, log=lambda *_: None)
+        suite = MetricSuite({key: choice}, device="cpu", weights_dir=wd, strict=False, log=lambda *_: None)
         if key in suite.skipped:
             bad += 1
             if name not in KNOWN_WEIGHTS:
@@ -90,14 +89,6 @@ def check_weights(opt) -> int:
     return 1 if bad else 0
 
 
-def use_cpu(device: str) -> bool:
-    """accelerate's PartialState only forms a multi-process CPU group when told cpu=True."""
-    import torch
-    from accelerate.utils import parse_flag_from_env
-
-    return device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evaluation never downloads
     a = build_parser().parse_args(argv)
@@ -106,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     if not a.opt:
         build_parser().error("-opt is required (an eval option file, e.g. options/eval/demo.yml)")
     from ggt_ir.config import OptionsError
-    from ggt_ir.eval.evaluate import EvalError, load_eval_options, run_evaluation
+    from ggt_ir.eval.loop import run_evaluation
+    from ggt_ir.eval.options import load_eval_options, use_cpu
+    from ggt_ir.eval.sources import EvalError
     from ggt_ir.eval.weights import MissingWeightsError
 
     try:

@@ -13,10 +13,11 @@ pyiqa version. A metric key in an option file may rename a variant::
       lpips: {}
       musiq: {}
 
-PSNR and SSIM are computed here in torch (float64, batched, on the device) because pyiqa's own
-SSIM runs a float64 11x11 convolution that is very slow on CPU. Two conventions, recorded:
+PSNR and SSIM are ggt-ir's own (:mod:`ggt_ir.eval.psnr_ssim`, the code the trainer's validation
+uses too), in torch, float64, batched, on the device, because pyiqa's own SSIM runs a float64 11x11
+convolution that is very slow on CPU. Two conventions, recorded:
 
-* ``convention: pyiqa`` (default; what ``pyiqa.create_metric('psnr'|'ssim', test_y_channel=True,
+* ``convention: pyiqa`` (the default here; what ``pyiqa.create_metric('psnr'|'ssim', test_y_channel=True,
   color_space='ycbcr')`` returns): PSNR on Y/255 with ``mse + 1e-8``; SSIM on Y **rounded to
   integers** (MATLAB's uint8 ``rgb2ycbcr``), with the contrast-structure map clipped at 0.
 * ``convention: basicsr`` (``basicsr.metrics.calculate_psnr/ssim(test_y_channel=True)``, what the
@@ -39,9 +40,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ggt_ir.eval.psnr_ssim import CONVENTIONS, METRIC_FUNCTIONS
+from ggt_ir.eval.weights import MissingWeightsError, missing_files, offline_weights, resolve_weights_dir
 from ggt_ir.utils.fs import atomic_write, sha256_file
 from ggt_ir.utils.seeding import seeded
-from ggt_ir.eval.weights import MissingWeightsError, missing_files, offline_weights, resolve_weights_dir
 
 
 @dataclass(frozen=True)
@@ -96,84 +98,7 @@ def get_spec(name: str) -> MetricSpec:
     return MetricSpec(name, cfg.get("metric_mode", "NR"), bool(cfg.get("lower_better", False)), {}, random=True)
 
 
-# --------------------------------------------------------------------------- PSNR / SSIM (float64, batched)
-def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> (B, 1, H, W) Y of ITU-R BT.601 YCbCr on the 0-255 scale [16, 235]."""
-    return (x[:, 0:1] * 65.481 + x[:, 1:2] * 128.553 + x[:, 2:3] * 24.966) + 16.0
-
-
-def _gauss1d(device, dtype) -> torch.Tensor:
-    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
-    return (g / g.sum()).to(device=device, dtype=dtype)
-
-
-def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Separable 11x11 Gaussian 'valid' filtering as 2 x 11 shifted multiply-adds (exact in float64,
-    and much faster on CPU than a float64 conv2d)."""
-    taps = [float(v) for v in g]
-    k = len(taps)
-    w = x.shape[-1] - k + 1
-    out = x[..., 0:w] * taps[0]
-    for i in range(1, k):
-        out.add_(x[..., i:i + w], alpha=taps[i])
-    h = out.shape[-2] - k + 1
-    res = out[..., 0:h, :] * taps[0]
-    for i in range(1, k):
-        res.add_(out[..., i:i + h, :], alpha=taps[i])
-    return res
-
-
-def _crop(x: torch.Tensor, border: int) -> torch.Tensor:
-    return x[..., border:-border, border:-border] if border else x
-
-
-def _planes(pred, ref, opts, cache: dict | None, rounded: bool):
-    """Both images as float64 planes on the 0-255 scale (Y or RGB), cached per batch."""
-    key = ("planes", opts["test_y_channel"], opts["crop_border"], rounded)
-    if cache is not None and key in cache:
-        return cache[key]
-    a, b = _crop(pred, opts["crop_border"]).to(torch.float64), _crop(ref, opts["crop_border"]).to(torch.float64)
-    if opts["test_y_channel"] and a.shape[1] == 3:
-        a, b = rgb_to_y(a), rgb_to_y(b)
-    else:
-        a, b = a * 255.0, b * 255.0
-    if rounded:
-        a, b = a.round(), b.round()
-    if cache is not None:
-        cache[key] = (a, b)
-    return a, b
-
-
-def psnr(pred, ref, opts: dict, cache: dict | None = None) -> torch.Tensor:
-    a, b = _planes(pred, ref, opts, cache, rounded=False)
-    mse = ((a - b) ** 2).flatten(1).mean(1)
-    if opts["convention"] == "pyiqa":  # pyiqa: 10 log10(1 / (mse_01 + 1e-8)), data_range 1
-        return 10.0 * torch.log10(1.0 / (mse / 255.0**2 + 1e-8))
-    return torch.where(mse == 0, torch.full_like(mse, float("inf")), 10.0 * torch.log10(255.0**2 / mse))
-
-
-def ssim(pred, ref, opts: dict, cache: dict | None = None) -> torch.Tensor:
-    pyiqa_conv = opts["convention"] == "pyiqa"
-    a, b = _planes(pred, ref, opts, cache, rounded=pyiqa_conv)
-    g = _gauss1d(a.device, a.dtype)
-    c = a.shape[1]
-    stats = _filter_valid(torch.cat([a, b, a * a, b * b, a * b], 1), g)
-    mu_a, mu_b, s_aa, s_bb, s_ab = stats.split(c, 1)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_ab = mu_a * mu_b
-    cs = (2 * (s_ab - mu_ab) + c2) / ((s_aa - mu_a**2) + (s_bb - mu_b**2) + c2)
-    if pyiqa_conv:
-        cs = cs.clamp_min(0)
-    smap = ((2 * mu_ab + c1) / (mu_a**2 + mu_b**2 + c1)) * cs
-    return smap.flatten(2).mean(2).mean(1)
-
-
-BUILTIN: dict[str, Callable] = {"psnr": psnr, "ssim": ssim}
-
-
 # --------------------------------------------------------------------------- metric objects
-
-
 def image_seed(base: int, key: str, metric: str) -> int:
     """A per-image seed: the same image gets the same random crops whatever the rank or batch."""
     return (base * 1_000_003 + zlib.crc32(f"{metric}\0{key}".encode())) % 2**31
@@ -190,7 +115,7 @@ class Metric:
             raise KeyError(f"metric {key!r} ({spec.name}): unknown option(s) {sorted(unknown)}; "
                            f"valid: {sorted(spec.defaults)}")
         self.options = {**spec.defaults, **options}
-        if spec.builtin and self.options["convention"] not in ("pyiqa", "basicsr"):
+        if spec.builtin and self.options["convention"] not in CONVENTIONS:
             raise ValueError(f"metric {key!r}: convention must be 'pyiqa' or 'basicsr', got {self.options['convention']!r}")
         if spec.builtin and self.options.get("color_space", "ycbcr") != "ycbcr":
             raise ValueError(f"metric {key!r}: only color_space 'ycbcr' is implemented for the built-in {spec.name}")
@@ -247,7 +172,9 @@ class Metric:
         pred = pred.to(self.device)
         ref = ref.to(self.device) if ref is not None else None
         if self.spec.builtin:
-            return BUILTIN[self.spec.name](pred, ref, self.options, cache).to(torch.float64).cpu()
+            o = self.options
+            return METRIC_FUNCTIONS[self.spec.name](pred, ref, o["crop_border"], o["test_y_channel"],
+                                                    convention=o["convention"], cache=cache).to(torch.float64).cpu()
         if self.spec.batched:  # deterministic and batch-independent: whole chunks of the batch
             n = max(1, self.max_pixels // (pred.shape[-1] * pred.shape[-2]))
             return torch.cat([self._run(pred[i:i + n], ref[i:i + n] if ref is not None else None)
@@ -289,17 +216,41 @@ def _niqe_params_from_basicsr() -> str:
 
 
 # --------------------------------------------------------------------------- the suite
-def parse_metric_options(raw: Any) -> dict[str, dict]:
-    """``[psnr, ssim]`` or ``{psnr: {}, ssim_b: {type: ssim, convention: basicsr}}`` -> {key: options}."""
+@dataclass(frozen=True)
+class MetricChoice:
+    """One entry of ``metrics:``, parsed: the result key, the metric name (``type``, default the key) and
+    the options given for it (the variant's defaults fill in the rest when the metric is created)."""
+
+    key: str
+    type: str
+    options: dict = field(default_factory=dict)
+
+    def as_option(self) -> dict:
+        """The entry as an option file writes it: ``{type: ..., **options}``."""
+        return {"type": self.type, **self.options}
+
+
+def parse_metric_options(raw: Any) -> dict[str, MetricChoice]:
+    """``[psnr, ssim]``, ``"psnr,ssim"`` or ``{psnr: {}, ssim_b: {type: ssim, convention: basicsr}}`` ->
+    {key: MetricChoice}. Entries that are already parsed pass through unchanged."""
     if raw is None:
         return {}
     if isinstance(raw, str):
         raw = [s.strip() for s in raw.split(",") if s.strip()]
     if isinstance(raw, (list, tuple)):
-        return {str(k): {} for k in raw}
-    if isinstance(raw, dict):
-        return {str(k): dict(v or {}) for k, v in raw.items()}
-    raise ValueError(f"metrics: expected a list of names or a mapping, got {raw!r}")
+        raw = {str(k): {} for k in raw}
+    if not isinstance(raw, dict):
+        raise ValueError(f"metrics: expected a list of names or a mapping, got {raw!r}")
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, MetricChoice):
+            out[str(k)] = v
+            continue
+        if v is not None and not isinstance(v, dict):
+            raise ValueError(f"metrics.{k}: expected a mapping of options (e.g. {{type: psnr}}), got {v!r}")
+        opts = dict(v or {})
+        out[str(k)] = MetricChoice(str(k), str(opts.pop("type", k)), opts)
+    return out
 
 
 class MetricSuite:
@@ -308,17 +259,17 @@ class MetricSuite:
     A metric whose weights are missing is skipped and reported (``skipped``), unless ``strict``.
     """
 
-    def __init__(self, metrics: dict[str, dict] | list[str] | str, device: str | torch.device = "cpu",
+    def __init__(self, metrics: dict[str, MetricChoice] | dict[str, dict] | list[str] | str,
+                 device: str | torch.device = "cpu",
                  weights_dir: str | os.PathLike | None = None, strict: bool = False, seed: int = 0,
                  log: Callable[[str], None] = print):
         self.weights_dir = resolve_weights_dir(weights_dir)
         self.metrics: dict[str, Metric] = {}
         self.skipped: dict[str, str] = {}
-        for key, opts in parse_metric_options(metrics).items():
-            opts = dict(opts)
-            spec = get_spec(str(opts.pop("type", key)))
+        for key, choice in parse_metric_options(metrics).items():
+            spec = get_spec(choice.type)
             try:
-                self.metrics[key] = Metric(key, spec, opts, device, self.weights_dir, seed)
+                self.metrics[key] = Metric(key, spec, dict(choice.options), device, self.weights_dir, seed)
             except MissingWeightsError as e:
                 if strict:
                     raise
@@ -355,5 +306,5 @@ def describe(key: str, variant: dict) -> str:
     return f"{key}{arrow}"
 
 
-__all__ = ["SPECS", "MetricSpec", "Metric", "MetricSuite", "get_spec", "parse_metric_options", "psnr", "ssim",
-           "rgb_to_y", "image_seed", "describe"]
+__all__ = ["SPECS", "MetricSpec", "Metric", "MetricChoice", "MetricSuite", "get_spec", "parse_metric_options",
+           "image_seed", "describe"]

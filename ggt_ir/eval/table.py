@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ggt_ir.config import OptionsError, read_yaml_with_includes, to_typed
+from ggt_ir.config import OptionsError, load_typed
 
 DEFAULT_METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "musiq": "MUSIQ",
                          "maniqa": "MANIQA", "maniqa-pipal": "MANIQA", "clipiqa": "CLIPIQA", "topiq_nr": "TOPIQ",
@@ -134,8 +134,7 @@ class Table:
 
 # --------------------------------------------------------------------------- building
 def load_table_options(path: str | Path) -> TableOptions:
-    raw = read_yaml_with_includes(path)
-    opts: TableOptions = to_typed(TableOptions, raw, str(path))
+    opts: TableOptions = load_typed(TableOptions, path)
     if not opts.columns:
         raise OptionsError(f"{path}: 'columns' is empty (e.g. - {{set: test, metric: psnr}})")
     if not opts.rows:

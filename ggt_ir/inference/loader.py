@@ -40,8 +40,11 @@ class Restorer(Protocol):
     def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor: ...
 
 
-def sample_prompts(sample: dict | None) -> list[str] | None:
-    """The prompt(s) a dataset sample (or a batch of samples) carries, as a list; None without any."""
+def sample_prompts(sample: dict | list[dict] | None) -> list[str] | None:
+    """The prompt(s) a dataset sample, a batch dict or a list of samples carries, as a list; None without any."""
+    if isinstance(sample, list):
+        prompts = [s.get("prompt") for s in sample]
+        return prompts if any(prompts) else None
     if sample is None or sample.get("prompt") is None:
         return None
     p = sample["prompt"]

@@ -1,0 +1,146 @@
+"""The evaluation loop behind ``ggt-ir eval``.
+
+Each process takes a disjoint, strided slice of every eval set, gets the outputs from the source
+(:mod:`ggt_ir.eval.sources`: a restorer, a folder of restored images, or the LQ inputs) and scores them
+with the metric suite; per-image rows are gathered to the main process, which writes the results
+(:mod:`ggt_ir.eval.report`) under ``<results_root>/<name>/`` and prints a summary table.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ggt_ir.eval.options import EvalOptions, use_cpu
+from ggt_ir.eval.report import save_grid_panel, summary_record, summary_table, write_results
+from ggt_ir.eval.sources import EvalError, open_source
+
+
+def match_size(out: torch.Tensor, gt: torch.Tensor, where: str, max_diff: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Crop both to the common top-left region when sizes differ by at most ``max_diff`` pixels.
+    Never resizes."""
+    (ho, wo), (hg, wg) = out.shape[-2:], gt.shape[-2:]
+    if (ho, wo) == (hg, wg):
+        return out, gt, False
+    if abs(ho - hg) > max_diff or abs(wo - wg) > max_diff:
+        raise EvalError(f"{where}: output is {wo}x{ho} but the GT is {wg}x{hg}, a difference of more than "
+                        f"eval.max_size_diff={max_diff} pixels. Images are never resized; check the scale "
+                        "or that the right files are paired.")
+    h, w = min(ho, hg), min(wo, wg)
+    return out[..., :h, :w], gt[..., :h, :w], True
+
+
+def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, world: int,
+                 pbar: bool) -> list[dict]:
+    """This rank's slice of one eval set -> per-image rows (and the grid panels of its images)."""
+    from tqdm import tqdm
+
+    s = opt.eval
+    mine = list(range(rank, len(ds), world))
+    grid_ids = set(range(min(s.num_grid, len(ds))))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=None,
+                                         num_workers=s.num_workers)
+    rows, chunk = [], []
+    bar = tqdm(total=len(mine), desc=f"eval {set_name}", unit="img", disable=not pbar, dynamic_ncols=True)
+
+    def flush():
+        samples = list(chunk)
+        chunk.clear()
+        outputs = source.outputs(set_name, [smp for _, smp in samples])
+        # score groups of same-size images together
+        groups: dict[tuple, list] = {}
+        for (i, smp), out in zip(samples, outputs):
+            smp["out"] = out
+            gt, cropped = smp.get("gt"), False
+            if gt is not None:
+                out, gt, cropped = match_size(out, gt, f"set '{set_name}', image '{smp['key']}'", s.max_size_diff)
+            smp["_scored"] = (out, gt, cropped)
+            groups.setdefault((tuple(out.shape), gt is not None), []).append((i, smp))
+        for (_, paired), members in groups.items():
+            pred = torch.stack([m[1]["_scored"][0] for m in members])
+            ref = torch.stack([m[1]["_scored"][1] for m in members]) if paired else None
+            scores = suite.score(pred, ref, [m[1]["key"] for m in members])
+            for j, (i, smp) in enumerate(members):
+                row = {"set": set_name, "index": i, "image": smp["key"], "category": smp.get("category", "unknown")}
+                row.update({k: v[j] for k, v in scores.items()})
+                if smp["_scored"][2]:
+                    row["note"] = "cropped top-left to match sizes"
+                rows.append(row)
+        for i, smp in samples:
+            if i in grid_ids:
+                panels = [smp["lq"], smp["out"]] + ([smp["gt"]] if smp.get("gt") is not None else [])
+                save_grid_panel(panels, s.grid_size, opt.out_dir / "grids" / set_name / f"{i:05d}.png")
+        bar.update(len(samples))
+
+    for i, smp in zip(mine, loader):
+        chunk.append((i, smp))
+        if len(chunk) >= s.batch_size:
+            flush()
+    if chunk:
+        flush()
+    bar.close()
+    return rows
+
+
+def run_evaluation(opt: EvalOptions, state=None, log=print) -> dict | None:
+    """Evaluate ``opt`` (from :func:`ggt_ir.eval.options.load_eval_options`) on every process of ``state``
+    (an accelerate PartialState); returns the summary on the main process, None elsewhere."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from ggt_ir.data import DATASETS
+    from ggt_ir.eval.metrics import MetricSuite
+
+    s = opt.eval
+    if state is None:
+        state = PartialState(cpu=use_cpu(s.device))
+    device = state.device if s.device != "cpu" else torch.device("cpu")
+    rank, world = state.process_index, state.num_processes
+    main = state.is_main_process
+    say = log if main else (lambda *_: None)
+
+    out_dir = opt.out_dir
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for p in (out_dir / "grids").glob("**/*.png"):
+            p.unlink()
+    state.wait_for_everyone()
+
+    suite = MetricSuite(opt.metrics, device=device, weights_dir=s.weights_dir, strict=s.strict, seed=s.seed, log=say)
+    if not suite.metrics:
+        raise EvalError("no metric could be created: " + "; ".join(suite.skipped))
+    datasets = {name: DATASETS.get(o.type)(o) for name, o in opt.datasets.items()}
+    source = open_source(opt, datasets, device)
+
+    say(f"[eval] {opt.name}: {len(datasets)} set(s), metrics {', '.join(suite.metrics)}, "
+        f"{world} process(es), device {device}; results in {out_dir}")
+    all_rows: list[dict] = []
+    set_info: dict[str, dict] = {}
+    for set_name, ds in datasets.items():
+        ds_opts = opt.datasets[set_name]
+        payload: dict[str, Any] = {"rank": rank}
+        try:
+            payload["rows"] = evaluate_set(set_name, ds, source, suite, opt, rank, world,
+                                           pbar=s.pbar and state.is_local_main_process)
+        except Exception as e:  # noqa: BLE001 - reach the gather anyway, so no rank waits forever
+            payload["error"] = f"{type(e).__name__}: {e}"
+        gathered = gather_object([payload])
+        errors = sorted({p["error"] for p in gathered if "error" in p})
+        if errors:
+            raise EvalError("; ".join(errors))
+        rows = sorted((r for p in gathered for r in p["rows"]), key=lambda r: r["index"])
+        if len(rows) != len(ds):
+            raise EvalError(f"set '{set_name}': gathered {len(rows)} results for {len(ds)} images")
+        all_rows += rows
+        set_info[set_name] = {"paired": "gt" in ds[0], "type": ds_opts.type,
+                              "dataroot": getattr(ds_opts, "dataroot", None) or getattr(ds_opts, "dataroot_lq", None),
+                              "split": getattr(ds_opts, "split", None)}
+
+    summary = None
+    if main:
+        summary = summary_record(opt, source.info, suite, all_rows, set_info, world, device)
+        write_results(opt, summary, all_rows)
+        log(summary_table(summary))
+        log(f"[eval] wrote {out_dir / 'summary.json'}, {out_dir / 'per_image.csv'}, {out_dir / 'index.html'}")
+    state.wait_for_everyone()
+    return summary
