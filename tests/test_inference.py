@@ -181,3 +181,44 @@ def test_restore_errors_are_clear(tmp_path, capsys, naf_weights, case, message):
             "no_opt": [str(src), "--opt", str(tmp_path / "none.yml")]}[case]
     assert cli_main(["restore", *args, "-o", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_restore_folder_survives_bad_files_and_keeps_depth_alpha_gray(tmp_path, capsys, naf_weights):
+    """One bad file is reported by name and skipped; 16-bit, RGBA and gray inputs keep their form; inputs with
+    the same stem never overwrite each other."""
+    weights, net = naf_weights
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    cv2.imwrite(str(src / "ok.png"), rgb)
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)  # a PNG signature, then garbage
+    good = (src / "ok.png").read_bytes()
+    (src / "truncated.png").write_bytes(good[: len(good) // 2])
+    cv2.imwrite(str(src / "tiny.png"), rng.integers(0, 256, (1, 1, 3), dtype=np.uint8))
+    cv2.imwrite(str(src / "wide.png"), rng.integers(0, 256, (2, 300, 3), dtype=np.uint8))
+    cv2.imwrite(str(src / "deep.png"), rng.integers(0, 65536, (16, 16, 3), dtype=np.uint16))
+    rgba = np.dstack([rgb, rng.integers(0, 256, (20, 24), dtype=np.uint8)])
+    cv2.imwrite(str(src / "alpha.png"), rgba)
+    cv2.imwrite(str(src / "gray.png"), rgb[..., 0])
+    cv2.imwrite(str(src / "same.png"), rgb)
+    cv2.imwrite(str(src / "same.jpg"), rgb)
+    rc = cli_main(["restore", str(src), "-o", str(tmp_path / "out"), "--arch", "NAFNet", "--arch-kwargs",
+                   json.dumps({k: v for k, v in NAF.items() if k != "type"}), "--weights", str(weights)])
+    err = capsys.readouterr().err
+    assert rc == 1  # some were skipped
+    assert "corrupt.png" in err and "truncated.png" in err and "restored 8 of 10" in err, err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["ok.png", "tiny.png", "wide.png", "deep.png", "alpha.png", "gray.png", "same_png.png", "same_jpg.png"])
+    deep = cv2.imread(str(out / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert deep.dtype == np.uint16 and deep.shape == (16, 16, 3)
+    alpha = cv2.imread(str(out / "alpha.png"), cv2.IMREAD_UNCHANGED)
+    assert alpha.shape == (20, 24, 4) and np.array_equal(alpha[..., 3], rgba[..., 3])
+    assert cv2.imread(str(out / "gray.png"), cv2.IMREAD_UNCHANGED).shape == (20, 24)
+    assert cv2.imread(str(out / "wide.png")).shape == (2, 300, 3)
+    # the alpha image's colour is what the network gives for its RGB
+    x = torch.from_numpy(cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        want = (net(x)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
+    assert np.abs(cv2.cvtColor(alpha[..., :3], cv2.COLOR_BGR2RGB) - want).max() <= 1

@@ -135,7 +135,8 @@ def run(args) -> int:
             y = restorer.restore(to_tensor(f.rgb)[None])
             write_image_file(out_dir / rel_out, y[0].permute(1, 2, 0).cpu().numpy(), f.alpha, f.bit_depth, f.gray)
         except (OSError, RuntimeError, ValueError) as e:  # one bad file must not stop the folder
-            failed.append(f"{src}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            failed.append(msg if str(src) in msg else f"{src}: {msg}")
             tqdm.write(f"ggt-ir restore: skipped {failed[-1]}", file=sys.stderr)
         finally:
             if torch.cuda.is_available():
