@@ -70,7 +70,7 @@ def main(argv=None) -> int:
 
     from ggt_ir.config import load_options
     from ggt_ir.generative.steps import OneStepSDStep
-    from ggt_ir.generative.testing import save_tiny_sd
+    from ggt_ir.testing.pipelines import save_tiny_sd
 
     tmp = tempfile.TemporaryDirectory()
     t0 = time.time()
