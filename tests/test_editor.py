@@ -197,3 +197,23 @@ def test_qwen_image_edit_train_export_and_pipeline_match(demo_root, tmp_path, ti
     got = pipe(image=img, prompt=PROMPT, negative_prompt=" ", true_cfg_scale=4.0, num_inference_steps=2, height=32,
                width=32, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert (got - want).abs().max() < 1e-4
+
+
+def test_every_family_is_one_class_with_the_whole_interface():
+    """editors.FAMILIES: each entry imports, subclasses EditorFamily and fills in every family-specific member
+    (what EditorLoRA asks a family for), and names a diffusers pipeline that exists."""
+    import diffusers
+
+    from ggt_ir.generative.editors import FAMILIES
+    from ggt_ir.generative.editors.base import EditorFamily
+
+    assert FAMILIES.names() == ["flux_kontext", "qwen_image_edit"]
+    required = ("load_components", "encode_image", "decode_latents", "encode_text", "predict", "bucket")
+    for name in FAMILIES.names():
+        cls = FAMILIES.get(name)
+        assert issubclass(cls, EditorFamily), name
+        assert [m for m in required if getattr(cls, m) is getattr(EditorFamily, m)] == [], name
+        assert hasattr(diffusers, cls.pipeline), name
+        assert {"transformer", "vae", "text_encoder", "scheduler"} <= set(cls.subfolders) and cls.lora_targets, name
+    with pytest.raises(NotImplementedError):
+        EditorFamily(torch.float32).encode_image(torch.zeros(1, 3, 8, 8))

@@ -249,3 +249,18 @@ def test_restore_cli_runs_an_exported_onestep_adapter(tmp_path, tiny_sd):
         want = (net.restore(lq)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
     assert out.shape == (24, 20, 3) and np.abs(out.astype(float) - want).max() <= 1
     assert main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--adapter", str(tmp_path)]) == 2
+
+
+def test_export_record_errors_name_the_folder_and_rebuild_arguments(tmp_path):
+    from ggt_ir.generative.adapters import ADAPTER_JSON, read_export_record, rebuild_arguments
+    from ggt_ir.generative.onestep_sd import OneStepSD
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no {ADAPTER_JSON}"):
+        OneStepSD.from_export(tmp_path)
+    (tmp_path / ADAPTER_JSON).write_text(json.dumps({"network": "EditorLoRA", "adapters": {},
+                                                     "network_g": {"type": "EditorLoRA", "pretrained": "base"}}))
+    with pytest.raises(ValueError, match="not an export of OneStepSD .*'EditorLoRA'"):
+        OneStepSD.from_export(tmp_path)
+    assert read_export_record(tmp_path, "EditorLoRA")["network"] == "EditorLoRA"
+    assert rebuild_arguments(tmp_path, "EditorLoRA", {"num_inference_steps": 3}) == {
+        "pretrained": "base", "adapters": str(tmp_path), "num_inference_steps": 3}

@@ -41,11 +41,11 @@ def read_export_record(folder: str | Path, network: str) -> dict:
     """The record of an export folder of ``network``; a clear error for a folder that is not one."""
     meta = Path(folder) / ADAPTER_JSON
     if not meta.is_file():
-        raise FileNotFoundError(f"{folder}: no {ADAPTER_JSON}; expected a folder written by a {network} export "
+        raise FileNotFoundError(f"{folder}: no {ADAPTER_JSON}; expected an export folder of a {network} run "
                                 "(experiments/<name>/models/net_g_<iter>)")
     info = json.loads(meta.read_text())
     if info.get("network") != network:
-        raise ValueError(f"{folder}: not a {network} export (network {info.get('network')!r})")
+        raise ValueError(f"{folder}: not an export of {network} (its {ADAPTER_JSON} names {info.get('network')!r})")
     return info
 
 

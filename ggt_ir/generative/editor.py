@@ -28,7 +28,6 @@ call with the LQ condition, buckets, CFG); this class does the rest. Constructor
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import List, Optional
 
