@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help=f"write the result into bench/RESULTS.md ({SECTION})")
     a = ap.parse_args(argv)
 
-    from ggt_ir.eval.weights import write_random_weights
+    from ggt_ir.testing.weights import write_random_weights
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -68,9 +68,9 @@ def main(argv=None) -> int:
 
     from accelerate import Accelerator
 
+    from ggt_ir.testing.pipelines import save_tiny_sd
     from ggt_ir.train.options import load_options
     from ggt_ir.train.steps.onestep_sd import OneStepSDStep
-    from ggt_ir.generative.testing import save_tiny_sd
 
     tmp = tempfile.TemporaryDirectory()
     t0 = time.time()

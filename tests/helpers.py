@@ -57,3 +57,52 @@ def launch_two_processes(args: list[str], cwd: Path | None = None, timeout: int 
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *args]
     return subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_two_processes(proc: subprocess.CompletedProcess) -> None:
+    """A :func:`launch_two_processes` run succeeded; else fail with the end of its output."""
+    assert proc.returncode == 0, f"2-process run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+
+def train_two_processes(opt: dict, option_file: Path, *args: str) -> None:
+    """``train.py`` on ``opt`` (written to ``option_file``) in two real processes (gloo); fails loudly."""
+    check_two_processes(launch_two_processes([str(ROOT / "train.py"), "-opt", str(write_options(option_file, opt)),
+                                              *args]))
+
+
+def train_run(opt: dict, tmp_path: Path, resume: str | None = None):
+    """(trainer, summary) of a run in this process, from ``opt`` written to ``tmp_path/<name>.yml``."""
+    from ggt_ir.train.options import load_options
+    from ggt_ir.train.trainer import Trainer
+
+    tr = Trainer(load_options(write_options(tmp_path / f"{opt['name']}.yml", opt)), resume=resume, command="pytest")
+    return tr, tr.fit()
+
+
+def train_straight_killed_resumed(options, tmp_path: Path, monkeypatch, kill_at: int = 2) -> dict:
+    """Run ``options("straight")`` to the end; run ``options("killed")``, killed (KeyboardInterrupt) right after
+    its checkpoint at ``kill_at``, then resume it from its latest checkpoint. Returns the resumed run's summary."""
+    import pytest
+    from accelerate.state import AcceleratorState, GradientState
+
+    from ggt_ir.train.trainer import Trainer
+
+    def fresh_accelerate_state():  # one process, several Accelerators one after the other
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+    train_run(options("straight"), tmp_path)
+    fresh_accelerate_state()
+    original = Trainer.save
+
+    def save_then_die(self):
+        original(self)
+        if self.state.iter == kill_at:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(options("killed"), tmp_path)
+    monkeypatch.setattr(Trainer, "save", original)
+    fresh_accelerate_state()
+    return train_run(options("killed"), tmp_path, resume="latest")[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ROOT, tiny_options, write_options
+from helpers import ROOT, tiny_options, train_run, train_straight_killed_resumed
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -19,7 +19,7 @@ PROMPT = "remove the rain"
 
 @pytest.fixture(scope="session")
 def tiny_kontext(tmp_path_factory):
-    from ggt_ir.generative.testing import save_tiny_flux_kontext
+    from ggt_ir.testing.pipelines import save_tiny_flux_kontext
 
     return save_tiny_flux_kontext(tmp_path_factory.mktemp("tiny_kontext") / "kontext")
 
@@ -42,15 +42,6 @@ def editor_options(demo_root, exp_root, model_dir, name="ed", **over):
     return opt
 
 
-def _train(opt_dict, tmp_path, resume=None):
-    from ggt_ir.train.options import load_options
-    from ggt_ir.train.trainer import Trainer
-
-    opt = load_options(write_options(tmp_path / f"{opt_dict['name']}.yml", opt_dict))
-    tr = Trainer(opt, resume=resume, command="pytest")
-    return tr, tr.fit()
-
-
 def test_train_only_lora_and_export_loads_with_diffusers_pipeline(demo_root, tmp_path, tiny_kontext):
     """Trainer run: frozen weights untouched, LoRA-only checkpoint; the exported file loaded by
     FluxKontextPipeline.load_lora_weights gives the same image as our sampler (same seed, N steps, guidance)."""
@@ -61,7 +52,7 @@ def test_train_only_lora_and_export_loads_with_diffusers_pipeline(demo_root, tmp
     opt = editor_options(demo_root, tmp_path / "exp", tiny_kontext, train__total_iter=2,
                          logger={"print_freq": 1, "save_checkpoint_freq": 2, "keep_last": 1, "trackers": []},
                          val={"val_freq": 2, "num_save_img": 1, "metrics": {"psnr": {"type": "psnr"}}})
-    tr, summary = _train(opt, tmp_path)
+    tr, summary = train_run(opt, tmp_path)
     assert summary["iter"] == 2 and "val/psnr" in summary["last"]
     net = tr.step.acc.unwrap_model(tr.step.net_g)
 
@@ -96,38 +87,12 @@ def test_train_only_lora_and_export_loads_with_diffusers_pipeline(demo_root, tmp
     assert (again - want).abs().max() < 1e-5
 
 
-def _kill_after(monkeypatch, at):
-    from ggt_ir.train.trainer import Trainer
-
-    original = Trainer.save
-
-    def save_then_die(self):
-        original(self)
-        if self.state.iter == at:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Trainer, "save", save_then_die)
-    return original
-
-
 def test_resume_is_exact(demo_root, tmp_path, tiny_kontext, monkeypatch):
-    from accelerate.state import AcceleratorState, GradientState
-
-    from ggt_ir.train.trainer import Trainer
-
     common = dict(train__total_iter=3, logger={"print_freq": 1, "save_checkpoint_freq": 2, "keep_last": 0,
                                                "trackers": []}, val={"val_freq": 100, "metrics": {}})
-    _train(editor_options(demo_root, tmp_path / "exp", tiny_kontext, name="straight", **common), tmp_path)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    original = _kill_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        _train(editor_options(demo_root, tmp_path / "exp", tiny_kontext, name="killed", **common), tmp_path)
-    monkeypatch.setattr(Trainer, "save", original)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    _, summary = _train(editor_options(demo_root, tmp_path / "exp", tiny_kontext, name="killed", **common),
-                        tmp_path, resume="latest")
+    summary = train_straight_killed_resumed(
+        lambda name: editor_options(demo_root, tmp_path / "exp", tiny_kontext, name=name, **common), tmp_path,
+        monkeypatch)
     assert summary["iter"] == 3
     root = tmp_path / "exp"
     a = load_file(str(root / "straight" / "checkpoints" / "checkpoint-3" / "model.safetensors"))
@@ -192,7 +157,7 @@ def test_offline_error_and_option_files(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_qwen_edit(tmp_path_factory):
-    from ggt_ir.generative.testing import save_tiny_qwen_image_edit
+    from ggt_ir.testing.pipelines import save_tiny_qwen_image_edit
 
     return save_tiny_qwen_image_edit(tmp_path_factory.mktemp("tiny_qwen") / "qwen_edit")
 
@@ -212,7 +177,7 @@ def test_qwen_image_edit_train_export_and_pipeline_match(demo_root, tmp_path, ti
     opt["network_g"].update(family="qwen_image_edit", buckets="model", bucket_area=32 * 32, bucket_train=True,
                             guidance_scale=None, true_cfg_scale=4.0, negative_prompt=" ")
     opt["network_g"].pop("max_sequence_length")
-    tr, summary = _train(opt, tmp_path)
+    tr, summary = train_run(opt, tmp_path)
     assert summary["iter"] == 2
     net = tr.step.acc.unwrap_model(tr.step.net_g)
     ref = QwenImageTransformer2DModel.from_pretrained(tiny_qwen_edit, subfolder="transformer").state_dict()
@@ -232,3 +197,23 @@ def test_qwen_image_edit_train_export_and_pipeline_match(demo_root, tmp_path, ti
     got = pipe(image=img, prompt=PROMPT, negative_prompt=" ", true_cfg_scale=4.0, num_inference_steps=2, height=32,
                width=32, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert (got - want).abs().max() < 1e-4
+
+
+def test_every_family_is_one_class_with_the_whole_interface():
+    """editors.FAMILIES: each entry imports, subclasses EditorFamily and fills in every family-specific member
+    (what EditorLoRA asks a family for), and names a diffusers pipeline that exists."""
+    import diffusers
+
+    from ggt_ir.generative.editors import FAMILIES
+    from ggt_ir.generative.editors.base import EditorFamily
+
+    assert FAMILIES.names() == ["flux_kontext", "qwen_image_edit"]
+    required = ("load_components", "encode_image", "decode_latents", "encode_text", "predict", "bucket")
+    for name in FAMILIES.names():
+        cls = FAMILIES.get(name)
+        assert issubclass(cls, EditorFamily), name
+        assert [m for m in required if getattr(cls, m) is getattr(EditorFamily, m)] == [], name
+        assert hasattr(diffusers, cls.pipeline), name
+        assert {"transformer", "vae", "text_encoder", "scheduler"} <= set(cls.subfolders) and cls.lora_targets, name
+    with pytest.raises(NotImplementedError):
+        EditorFamily(torch.float32).encode_image(torch.zeros(1, 3, 8, 8))

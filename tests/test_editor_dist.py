@@ -4,14 +4,10 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from helpers import ROOT, launch_two_processes, write_options
+from helpers import train_two_processes
 from test_editor import editor_options, tiny_kontext  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.slow
-
-
-def _check(proc):
-    assert proc.returncode == 0, f"2-process run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
 
 def test_two_process_editor_lora_train_and_resume(demo_root, tmp_path, tiny_kontext):  # noqa: F811
@@ -19,7 +15,7 @@ def test_two_process_editor_lora_train_and_resume(demo_root, tmp_path, tiny_kont
     val = {"val_freq": 2, "num_save_img": 1, "metrics": {"psnr": {"type": "psnr"}}}
     opt = editor_options(demo_root, tmp_path / "exp", tiny_kontext, name="ed_ddp", train__total_iter=2,
                          logger=logger, val=val)
-    _check(launch_two_processes([str(ROOT / "train.py"), "-opt", str(write_options(tmp_path / "a.yml", opt))]))
+    train_two_processes(opt, tmp_path / "a.yml")
     run = tmp_path / "exp" / "ed_ddp"
     res = json.loads((run / "results.json").read_text())
     assert res["iter"] == 2 and "val/psnr" in res["last"]
@@ -29,8 +25,7 @@ def test_two_process_editor_lora_train_and_resume(demo_root, tmp_path, tiny_kont
     assert all(".lora_" in k for k in load_file(str(ck / "model.safetensors")))
     assert (ck / "random_states_1.pkl").is_file()  # one RNG state per rank
     opt2 = {**opt, "train": {**opt["train"], "total_iter": 3}}
-    _check(launch_two_processes([str(ROOT / "train.py"), "-opt", str(write_options(tmp_path / "b.yml", opt2)),
-                                 "--resume", "latest"]))
+    train_two_processes(opt2, tmp_path / "b.yml", "--resume", "latest")
     assert json.loads((run / "results.json").read_text())["iter"] == 3
     info = json.loads((run / "models" / "net_g_3" / "ggt_ir_adapter.json").read_text())
     assert info["step"] == 3 and (run / "models" / "net_g_3" / "pytorch_lora_weights.safetensors").is_file()

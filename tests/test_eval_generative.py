@@ -28,7 +28,7 @@ def _base(demo_root, tmp_path, name):
 
 @pytest.fixture(scope="module")
 def sd_run(demo_root, tmp_path_factory):
-    from ggt_ir.generative.testing import save_tiny_sd
+    from ggt_ir.testing.pipelines import save_tiny_sd
 
     tmp = tmp_path_factory.mktemp("sdrun")
     opt = _base(demo_root, tmp, "sd")
@@ -41,7 +41,7 @@ def sd_run(demo_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def editor_run(demo_root, tmp_path_factory):
-    from ggt_ir.generative.testing import save_tiny_flux_kontext
+    from ggt_ir.testing.pipelines import save_tiny_flux_kontext
 
     tmp = tmp_path_factory.mktemp("edrun")
     opt = _base(demo_root, tmp, "ed")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ggt_ir.eval.metrics import MetricSuite
-from ggt_ir.eval.weights import MissingWeightsError, offline_weights, write_random_weights
+from ggt_ir.eval.weights import MissingWeightsError, offline_weights
+from ggt_ir.testing.weights import write_random_weights
 
 
 @pytest.fixture

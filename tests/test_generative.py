@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import ROOT, tiny_options, write_options
+from helpers import ROOT, tiny_options, train_run, train_straight_killed_resumed
 
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
@@ -20,14 +20,14 @@ pytest.importorskip("peft")
 
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory):
-    from ggt_ir.generative.testing import save_tiny_sd
+    from ggt_ir.testing.pipelines import save_tiny_sd
 
     return save_tiny_sd(tmp_path_factory.mktemp("tiny_sd") / "sd")
 
 
 @pytest.fixture(scope="session")
 def lpips_dir(tmp_path_factory):
-    from ggt_ir.generative.testing import save_random_lpips
+    from ggt_ir.testing.weights import save_random_lpips
 
     d = tmp_path_factory.mktemp("weights")
     save_random_lpips(d)
@@ -54,15 +54,6 @@ def sd_options(demo_root, exp_root, sd_dir, name="sd", vsd=False, lpips_dir=None
     return opt
 
 
-def _train(opt_dict, tmp_path, resume=None):
-    from ggt_ir.train.options import load_options
-    from ggt_ir.train.trainer import Trainer
-
-    opt = load_options(write_options(tmp_path / f"{opt_dict['name']}.yml", opt_dict))
-    tr = Trainer(opt, resume=resume, command="pytest")
-    return tr, tr.fit()
-
-
 def test_offline_error_names_the_id_and_how_to_fix(monkeypatch, tmp_path):
     from ggt_ir.generative.onestep_sd import OneStepSD
     from ggt_ir.generative.pretrained import PretrainedNotFoundError
@@ -87,7 +78,7 @@ def test_train_changes_only_lora_and_exports_load_with_peft_and_diffusers(demo_r
                      train__total_iter=2, logger={"print_freq": 1, "save_checkpoint_freq": 2, "keep_last": 1,
                                                   "trackers": []}, val={"val_freq": 2, "num_save_img": 1,
                                                                         "metrics": {"psnr": {"type": "psnr"}}})
-    tr, summary = _train(opt, tmp_path)
+    tr, summary = train_run(opt, tmp_path)
     assert summary["iter"] == 2 and "val/psnr" in summary["last"]
     net = tr.step.acc.unwrap_model(tr.step.net_g)
 
@@ -132,39 +123,13 @@ def test_train_changes_only_lora_and_exports_load_with_peft_and_diffusers(demo_r
     assert (got - want_vae).abs().max() < 1e-5
 
 
-def _kill_after(monkeypatch, at):
-    from ggt_ir.train.trainer import Trainer
-
-    original = Trainer.save
-
-    def save_then_die(self):
-        original(self)
-        if self.state.iter == at:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(Trainer, "save", save_then_die)
-    return original
-
-
 def test_resume_is_exact_with_vsd_two_optimizers(demo_root, tmp_path, tiny_sd, monkeypatch):
     """diffusers#12689: LoRA (generator + fake score), both optimizers, schedules and EMA resume exactly."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    from ggt_ir.train.trainer import Trainer
-
     common = dict(train__total_iter=3, logger={"print_freq": 1, "save_checkpoint_freq": 2, "keep_last": 0,
                                                "trackers": []}, val={"val_freq": 100, "metrics": {}})
-    _train(sd_options(demo_root, tmp_path / "exp", tiny_sd, name="straight", vsd=True, **common), tmp_path)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    original = _kill_after(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        _train(sd_options(demo_root, tmp_path / "exp", tiny_sd, name="killed", vsd=True, **common), tmp_path)
-    monkeypatch.setattr(Trainer, "save", original)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    _, summary = _train(sd_options(demo_root, tmp_path / "exp", tiny_sd, name="killed", vsd=True, **common),
-                        tmp_path, resume="latest")
+    summary = train_straight_killed_resumed(
+        lambda name: sd_options(demo_root, tmp_path / "exp", tiny_sd, name=name, vsd=True, **common), tmp_path,
+        monkeypatch)
     assert summary["iter"] == 3
     a_dir = tmp_path / "exp" / "straight" / "checkpoints" / "checkpoint-3"
     b_dir = tmp_path / "exp" / "killed" / "checkpoints" / "checkpoint-3"
@@ -285,3 +250,18 @@ def test_restore_cli_runs_an_exported_onestep_adapter(tmp_path, tiny_sd):
         want = (net.restore(lq)[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round()
     assert out.shape == (24, 20, 3) and np.abs(out.astype(float) - want).max() <= 1
     assert main(["restore", str(tmp_path / "in"), "-o", str(tmp_path / "o2"), "--adapter", str(tmp_path)]) == 2
+
+
+def test_export_record_errors_name_the_folder_and_rebuild_arguments(tmp_path):
+    from ggt_ir.generative.adapters import ADAPTER_JSON, read_export_record, rebuild_arguments
+    from ggt_ir.generative.onestep_sd import OneStepSD
+
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no {ADAPTER_JSON}"):
+        OneStepSD.from_export(tmp_path)
+    (tmp_path / ADAPTER_JSON).write_text(json.dumps({"network": "EditorLoRA", "adapters": {},
+                                                     "network_g": {"type": "EditorLoRA", "pretrained": "base"}}))
+    with pytest.raises(ValueError, match="not an export of OneStepSD .*'EditorLoRA'"):
+        OneStepSD.from_export(tmp_path)
+    assert read_export_record(tmp_path, "EditorLoRA")["network"] == "EditorLoRA"
+    assert rebuild_arguments(tmp_path, "EditorLoRA", {"num_inference_steps": 3}) == {
+        "pretrained": "base", "adapters": str(tmp_path), "num_inference_steps": 3}

@@ -4,14 +4,10 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from helpers import ROOT, launch_two_processes, write_options
+from helpers import train_two_processes
 from test_generative import lpips_dir, sd_options, tiny_sd  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
-
-
-def _check(proc):
-    assert proc.returncode == 0, f"2-process run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
 
 
 def test_two_process_onestep_sd_vsd_train_and_resume(demo_root, tmp_path, tiny_sd):  # noqa: F811
@@ -19,7 +15,7 @@ def test_two_process_onestep_sd_vsd_train_and_resume(demo_root, tmp_path, tiny_s
     val = {"val_freq": 2, "num_save_img": 1, "metrics": {"psnr": {"type": "psnr"}}}
     opt = sd_options(demo_root, tmp_path / "exp", tiny_sd, name="sd_ddp", vsd=True, train__total_iter=2,
                      logger=logger, val=val)
-    _check(launch_two_processes([str(ROOT / "train.py"), "-opt", str(write_options(tmp_path / "a.yml", opt))]))
+    train_two_processes(opt, tmp_path / "a.yml")
     run = tmp_path / "exp" / "sd_ddp"
     assert json.loads((run / "results.json").read_text())["iter"] == 2
     assert "processes" in next(run.glob("train_sd_ddp_*.log")).read_text()
@@ -27,7 +23,6 @@ def test_two_process_onestep_sd_vsd_train_and_resume(demo_root, tmp_path, tiny_s
     assert all(".lora_" in k for k in load_file(str(ck / "model_1.safetensors")))
     assert (ck / "optimizer_1.bin").is_file()
     opt2 = {**opt, "train": {**opt["train"], "total_iter": 3}}
-    _check(launch_two_processes([str(ROOT / "train.py"), "-opt", str(write_options(tmp_path / "b.yml", opt2)),
-                                 "--resume", "latest"]))
+    train_two_processes(opt2, tmp_path / "b.yml", "--resume", "latest")
     assert json.loads((run / "results.json").read_text())["iter"] == 3
     assert (run / "models" / "net_g_3" / "ggt_ir_adapter.json").is_file()

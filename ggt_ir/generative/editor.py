@@ -18,16 +18,16 @@ Only the transformer is a registered sub-module (LoRA, trained, prepared by acce
 DeepSpeed shard it alone); the VAE and text encoder(s) are frozen helpers moved along with ``.to()``
 and never wrapped, so ``state_dict()`` holds exactly the LoRA tensors.
 
-Families (``family``): ``flux_kontext`` (FluxTransformer2DModel, AutoencoderKL, CLIP + T5) and
-``qwen_image_edit`` (QwenImageTransformer2DModel, AutoencoderKLQwenImage, Qwen2.5-VL which also
-sees the input image). Constructor arguments are the ``network_g`` options.
+Families (``family``, the table in ``editors/__init__.py``, one file each in ``editors/``): ``flux_kontext``
+(FluxTransformer2DModel, AutoencoderKL, CLIP + T5) and ``qwen_image_edit`` (QwenImageTransformer2DModel,
+AutoencoderKLQwenImage, Qwen2.5-VL which also sees the input image). The family object (``self.editor``)
+loads the components and does what differs (latent normalisation, instruction encoding, the transformer
+call with the LQ condition, buckets, CFG); this class does the rest. Constructor arguments are the
+``network_g`` options.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
-import json
-import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -36,22 +36,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggt_ir.generative import lora as L
-from ggt_ir.generative.onestep_sd import ADAPTER_JSON, resolve_dtype
+from ggt_ir.generative.adapters import read_export_record, rebuild_arguments, write_export_record
+from ggt_ir.generative.editors import FAMILIES
+from ggt_ir.generative.onestep_sd import resolve_dtype
 
-FAMILIES = ("flux_kontext", "qwen_image_edit")
-SUBFOLDERS = {
-    "flux_kontext": ["transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"],
-    "qwen_image_edit": ["transformer", "vae", "text_encoder", "tokenizer", "processor", "scheduler"],
-}
-# diffusers' LoRA scripts: FLUX(-Kontext) attention + feed-forward layers; Qwen-Image attention projections
-LORA_TARGETS = {
-    "flux_kontext": ["attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
-                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-                     "ff_context.net.2", "proj_mlp"],
-    "qwen_image_edit": ["to_k", "to_q", "to_v", "to_out.0"],
-}
 DEFAULT_PROMPT = "Restore this photo: remove the degradation (noise, blur, rain, haze, low light) and keep the content."
-PIPELINES = {"flux_kontext": "FluxKontextPipeline", "qwen_image_edit": "QwenImageEditPipeline"}
 
 
 def _zero3_init_disabled():
@@ -68,27 +57,8 @@ def _zero3_init_disabled():
     return contextlib.nullcontext()
 
 
-def pack(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) -> (B, h/2 * w/2, 4C): the 2x2 patch sequence both families use."""
-    b, c, h, w = z.shape
-    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
-
-
-def unpack(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    b, _, d = x.shape
-    return x.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
-
-
-def flux_ids(h: int, w: int, first: float, device, dtype) -> torch.Tensor:
-    """FLUX position ids of a packed (h/2 x w/2) grid: (first, row, col)."""
-    ids = torch.zeros(h // 2, w // 2, 3)
-    ids[..., 0] = first
-    ids[..., 1] += torch.arange(h // 2)[:, None]
-    ids[..., 2] += torch.arange(w // 2)[None, :]
-    return ids.reshape(-1, 3).to(device=device, dtype=dtype)
-
-
 def calculate_shift(seq_len: int, cfg) -> float:
+    """The pipelines' resolution-dependent timestep shift ``mu`` (linear in the token count)."""
     base, mx = cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096)
     b_shift, m_shift = cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15)
     m = (m_shift - b_shift) / (mx - base)
@@ -101,7 +71,7 @@ class EditorLoRA(nn.Module):
     def __init__(
         self,
         pretrained: str,
-        family: str = "flux_kontext",  # flux_kontext | qwen_image_edit
+        family: str = "flux_kontext",  # a name in editors.FAMILIES: flux_kontext | qwen_image_edit
         revision: Optional[str] = None,
         variant: Optional[str] = None,
         allow_download: bool = False,
@@ -111,7 +81,7 @@ class EditorLoRA(nn.Module):
         max_cached_prompts: int = 1024,
         lora_rank: int = 16,
         lora_alpha: Optional[float] = None,  # default: = rank
-        lora_targets: Optional[List[str]] = None,  # layer-name suffixes; default LORA_TARGETS[family]
+        lora_targets: Optional[List[str]] = None,  # layer-name suffixes; default: the family's lora_targets
         lora_init: str = "gaussian",
         lora_dropout: float = 0.0,
         adapters: Optional[str] = None,  # start from an exported adapter folder
@@ -137,7 +107,7 @@ class EditorLoRA(nn.Module):
     ):
         super().__init__()
         if family not in FAMILIES:
-            raise ValueError(f"network_g.family must be one of {', '.join(FAMILIES)}; got {family!r}")
+            raise ValueError(f"network_g.family must be one of {', '.join(FAMILIES.names())}; got {family!r}")
         if prompt_mode not in ("fixed", "batch"):
             raise ValueError(f"network_g.prompt_mode must be fixed or batch; got {prompt_mode!r}")
         if buckets not in ("model", "none"):
@@ -149,31 +119,34 @@ class EditorLoRA(nn.Module):
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__") and not k.startswith("_")}
         self.family = family
         self.dtype_ = resolve_dtype(weight_dtype, _mixed_precision)
-        self._frozen: dict = {}
+        # the family's components and conventions (a plain object: its helpers are not sub-modules)
+        self.editor = FAMILIES.get(family)(self.dtype_, max_sequence_length=max_sequence_length,
+                                           max_cached_prompts=max_cached_prompts)
         with _zero3_init_disabled():
-            self._load(pretrained, revision, variant, allow_download)
+            self.transformer = self.editor.load(pretrained, revision=revision, variant=variant,
+                                                allow_download=allow_download)
         self.transformer.requires_grad_(False)
         for m in self._frozen_modules():
             m.requires_grad_(False).eval()
-        self.scheduler_config = dict(self.scheduler.config)
-        self.train_timesteps = self.scheduler.timesteps.float().clone()  # num_train_timesteps, descending
-        self.train_sigmas = self.scheduler.sigmas.float().clone()
+        scheduler = self.editor.scheduler
+        self.scheduler_config = dict(scheduler.config)
+        self.train_timesteps = scheduler.timesteps.float().clone()  # num_train_timesteps, descending
+        self.train_sigmas = scheduler.sigmas.float().clone()
         self.prompt_mode, self.prompt = prompt_mode, prompt
-        self.max_sequence_length = max_sequence_length
         self.weighting = dict(weighting_scheme=weighting_scheme, logit_mean=logit_mean, logit_std=logit_std,
                               mode_scale=mode_scale)
         self.train_guidance = train_guidance
         self.buckets, self.bucket_area, self.bucket_train = buckets, bucket_area, bucket_train
         self.num_inference_steps, self.guidance_scale = num_inference_steps, guidance_scale
         self.true_cfg_scale, self.negative_prompt, self.inference_seed = true_cfg_scale, negative_prompt, inference_seed
-        self.multiple = self.vae_factor * 2
+        self.multiple = self.editor.multiple
 
         if adapters:
             self.load_adapters(adapters)
         elif lora_rank > 0:
             from peft import LoraConfig
 
-            names = L.find_targets(self.transformer, lora_targets or LORA_TARGETS[family])
+            names = L.find_targets(self.transformer, lora_targets or list(self.editor.lora_targets))
             if not names:
                 raise ValueError(f"network_g.lora_targets {lora_targets} match no Linear layer of the transformer")
             cfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha if lora_alpha is not None else lora_rank,
@@ -183,55 +156,15 @@ class EditorLoRA(nn.Module):
         L.keep_lora_state_only(self)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
-        self._prompt_cache: collections.OrderedDict = collections.OrderedDict()
-        self.max_cached_prompts = max_cached_prompts
 
     # ------------------------------------------------------------------ components
-    def _load(self, pretrained, revision, variant, allow_download):
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
-        from ggt_ir.generative.pretrained import load_component
-
-        load = dict(revision=revision, variant=variant, allow_download=allow_download,
-                    all_subfolders=SUBFOLDERS[self.family])
-        plain = {**load, "variant": None}
-        dt = self.dtype_
-        if self.family == "flux_kontext":
-            from diffusers import AutoencoderKL, FluxTransformer2DModel
-            from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
-
-            self.transformer = load_component(FluxTransformer2DModel, pretrained, "transformer", torch_dtype=dt, **load)
-            vae = load_component(AutoencoderKL, pretrained, "vae", torch_dtype=dt, **load)
-            self._frozen.update(
-                vae=vae,
-                text_encoder=load_component(CLIPTextModel, pretrained, "text_encoder", torch_dtype=dt, **load),
-                text_encoder_2=load_component(T5EncoderModel, pretrained, "text_encoder_2", torch_dtype=dt, **load))
-            self.tokenizer = load_component(CLIPTokenizer, pretrained, "tokenizer", **plain)
-            self.tokenizer_2 = load_component(T5TokenizerFast, pretrained, "tokenizer_2", **plain)
-            self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-            self.latent_channels = vae.config.latent_channels
-        else:
-            from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
-            from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
-
-            self.transformer = load_component(QwenImageTransformer2DModel, pretrained, "transformer", torch_dtype=dt,
-                                              **load)
-            vae = load_component(AutoencoderKLQwenImage, pretrained, "vae", torch_dtype=dt, **load)
-            self._frozen.update(vae=vae, text_encoder=load_component(
-                Qwen2_5_VLForConditionalGeneration, pretrained, "text_encoder", torch_dtype=dt, **load))
-            self.tokenizer = load_component(Qwen2Tokenizer, pretrained, "tokenizer", **plain)
-            self.processor = load_component(Qwen2VLProcessor, pretrained, "processor", **plain)
-            self.vae_factor = 2 ** len(vae.temperal_downsample)
-            self.latent_channels = vae.config.z_dim
-        self.scheduler = load_component(FlowMatchEulerDiscreteScheduler, pretrained, "scheduler", **plain)
-
     def _frozen_modules(self):
-        return list(self._frozen.values())
+        return list(self.editor.frozen.values())
 
-    def __getattr__(self, name):
-        frozen = self.__dict__.get("_frozen")
-        if frozen is not None and name in frozen:
-            return frozen[name]
+    def __getattr__(self, name):  # net.vae, net.text_encoder, ...: the family's frozen helpers
+        editor = self.__dict__.get("editor")
+        if editor is not None and name in editor.frozen:
+            return editor.frozen[name]
         return super().__getattr__(name)
 
     def _apply(self, fn, *args, **kwargs):  # .to(device) / .cuda() move the frozen helpers too
@@ -250,17 +183,7 @@ class EditorLoRA(nn.Module):
         m = self.multiple
         if self.buckets == "none":
             return -(-h // m) * m, -(-w // m) * m
-        ratio = w / h
-        scale = math.sqrt(self.bucket_area / (1024 * 1024))
-        if self.family == "flux_kontext":
-            from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
-
-            _, bw, bh = min((abs(ratio - bw / bh), bw, bh) for bw, bh in PREFERRED_KONTEXT_RESOLUTIONS)
-            bw, bh = bw * scale, bh * scale
-        else:  # QwenImageEditPipeline's calculate_dimensions (target area, aspect ratio, multiples of 32)
-            bw = math.sqrt(self.bucket_area * ratio)
-            bh = bw / ratio
-            bw, bh = round(bw / 32) * 32, round(bh / 32) * 32
+        bw, bh = self.editor.bucket(w / h, self.bucket_area)
         return max(m, int(bh) // m * m), max(m, int(bw) // m * m)
 
     def to_model_size(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -271,112 +194,30 @@ class EditorLoRA(nn.Module):
             return F.pad(x, (0, size[1] - w, 0, size[0] - h), mode="replicate")
         return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
-    # ------------------------------------------------------------------ VAE
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images (B, 3, H, W) -> normalised latents (B, C, H/f, W/f), as the pipelines do."""
-        vae = self.vae
-        x = (x * 2 - 1).to(self.device, vae.dtype)
-        if self.family == "flux_kontext":
-            z = vae.encode(x).latent_dist.mode()
-            return (z - vae.config.shift_factor) * vae.config.scaling_factor
-        z = vae.encode(x.unsqueeze(2)).latent_dist.mode()[:, :, 0]
-        mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(z)
-        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1).to(z)
-        return (z - mean) / std
-
-    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
-        vae = self.vae
-        z = z.to(vae.dtype)
-        if self.family == "flux_kontext":
-            x = vae.decode(z / vae.config.scaling_factor + vae.config.shift_factor).sample
-        else:
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1).to(z)
-            std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1).to(z)
-            x = vae.decode((z * std + mean).unsqueeze(2)).sample[:, :, 0]
-        return (x.float().clamp(-1, 1) + 1) / 2
-
     # ------------------------------------------------------------------ text
     def prompts_for(self, batch_prompts, n: int) -> list[str]:
         if self.prompt_mode == "batch" and batch_prompts is not None:
             return [p if p else self.prompt for p in batch_prompts]
         return [self.prompt] * n
 
-    @torch.no_grad()
-    def encode_text(self, prompts: list[str], images: torch.Tensor | None = None) -> dict:
-        """Conditioning for the transformer. FLUX: cached per prompt. Qwen: the VL encoder sees each image."""
-        if self.family == "qwen_image_edit":
-            return self._encode_qwen(prompts, images)
-        new = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
-        if new:
-            dev = self.device
-            te, te2 = self.text_encoder, self.text_encoder_2
-            ids = self.tokenizer(new, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids
-            pooled = te(ids.to(dev), output_hidden_states=False).pooler_output
-            ids2 = self.tokenizer_2(new, padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                                    return_tensors="pt").input_ids
-            emb = te2(ids2.to(dev), output_hidden_states=False)[0]
-            for p, e, q in zip(new, emb, pooled):
-                self._prompt_cache[p] = (e.detach(), q.detach())
-        for p in prompts:
-            self._prompt_cache.move_to_end(p)
-        while len(self._prompt_cache) > self.max_cached_prompts:
-            self._prompt_cache.popitem(last=False)
-        emb = torch.stack([self._prompt_cache[p][0] for p in prompts]).to(self.device)
-        pooled = torch.stack([self._prompt_cache[p][1] for p in prompts]).to(self.device)
-        return {"emb": emb, "pooled": pooled}
-
-    QWEN_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input image (color, shape, size, texture, "
-                     "objects, background), then explain how the user's text instruction should alter or modify the "
-                     "image. Generate a new image that meets the user's requirements while maintaining consistency "
-                     "with the original input where appropriate.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-                     "<|image_pad|><|vision_end|>{}<|im_end|>\n<|im_start|>assistant\n")
-    QWEN_DROP = 64  # template tokens dropped from the hidden states (QwenImageEditPipeline)
-
-    def _encode_qwen(self, prompts, images):
-        from PIL import Image
-
-        pil = [Image.fromarray((im.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
-                               .astype("uint8")) for im in images]
-        inputs = self.processor(text=[self.QWEN_TEMPLATE.format(p) for p in prompts], images=pil, padding=True,
-                                return_tensors="pt").to(self.device)
-        out = self.text_encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
-                                output_hidden_states=True)
-        mask = inputs["attention_mask"].bool()
-        hidden = out.hidden_states[-1]
-        parts = [h[m][self.QWEN_DROP:] for h, m in zip(hidden, mask)]
-        n = max(p.shape[0] for p in parts)
-        emb = torch.stack([torch.cat([p, p.new_zeros(n - p.shape[0], p.shape[1])]) for p in parts])
-        m = torch.stack([torch.cat([torch.ones(p.shape[0], dtype=torch.long), torch.zeros(n - p.shape[0],
-                                   dtype=torch.long)]) for p in parts]).to(self.device)
-        return {"emb": emb.to(self.dtype_), "mask": None if bool(m.all()) else m}
-
     # ------------------------------------------------------------------ transformer
     def velocity(self, x: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, text: dict, h: int, w: int,
                  guidance: float | None) -> torch.Tensor:
-        """Transformer prediction for the packed noisy latents ``x`` given the packed LQ latents ``cond``."""
-        tr, dt = self.transformer, self.dtype_
+        """Transformer prediction for the packed noisy latents ``x`` given the packed LQ latents ``cond``
+        (appended to the sequence)."""
+        dt = self.dtype_
         b, n = x.shape[:2]
         hidden = torch.cat([x, cond], dim=1).to(dt)
         g = None
-        if tr.config.guidance_embeds and guidance is not None:
+        if self.transformer.config.guidance_embeds and guidance is not None:
             g = torch.full((b,), float(guidance), device=x.device, dtype=torch.float32)
-        if self.family == "flux_kontext":
-            ids = torch.cat([flux_ids(h, w, 0, x.device, dt), flux_ids(h, w, 1, x.device, dt)])
-            txt_ids = torch.zeros(text["emb"].shape[1], 3, device=x.device, dtype=dt)
-            out = tr(hidden_states=hidden, timestep=t.to(dt), guidance=g, pooled_projections=text["pooled"].to(dt),
-                     encoder_hidden_states=text["emb"].to(dt), txt_ids=txt_ids, img_ids=ids, return_dict=False)[0]
-        else:
-            shapes = [[(1, h // 2, w // 2), (1, h // 2, w // 2)]] * b
-            out = tr(hidden_states=hidden, timestep=t.to(dt), guidance=g, encoder_hidden_states=text["emb"].to(dt),
-                     encoder_hidden_states_mask=text["mask"], img_shapes=shapes, return_dict=False)[0]
-        return out[:, :n]
+        return self.editor.predict(self.transformer, hidden, t.to(dt), g, text, h, w)[:, :n]
 
     def forward(self, lq: torch.Tensor, gt: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
         """Flow-matching loss of one batch (the training step)."""
         from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
+        ed = self.editor
         H, W = gt.shape[-2:]
         if self.bucket_train:
             size = self.bucket_for(H, W)
@@ -385,10 +226,10 @@ class EditorLoRA(nn.Module):
             raise ValueError(f"EditorLoRA: training crops {H}x{W} must be multiples of {self.multiple} "
                              "(set datasets.train.gt_size accordingly, or network_g.bucket_train: true)")
         b = gt.shape[0]
-        text = self.encode_text(self.prompts_for(prompts, b), lq)
+        text = ed.encode_text(self.prompts_for(prompts, b), lq)
         with torch.no_grad():
-            x0 = self.encode_image(gt).float()
-            cond = pack(self.encode_image(lq))
+            x0 = ed.encode_image(gt).float()
+            cond = ed.pack(ed.encode_image(lq))
         h, w = x0.shape[-2:]
         u = compute_density_for_timestep_sampling(batch_size=b, **self.weighting)
         idx = (u * len(self.train_timesteps)).long().clamp(max=len(self.train_timesteps) - 1)
@@ -396,7 +237,7 @@ class EditorLoRA(nn.Module):
         sigma = self.train_sigmas[idx].to(x0.device).view(-1, 1, 1, 1)
         noise = torch.randn_like(x0)
         xt = (1 - sigma) * x0 + sigma * noise
-        pred = unpack(self.velocity(pack(xt), cond, t / 1000, text, h, w, self.train_guidance).float(), h, w)
+        pred = ed.unpack(self.velocity(ed.pack(xt), cond, t / 1000, text, h, w, self.train_guidance).float(), h, w)
         weight = compute_loss_weighting_for_sd3(self.weighting["weighting_scheme"], sigma).float()
         return (weight * (pred - (noise - x0)) ** 2).reshape(b, -1).mean(1).mean()
 
@@ -404,13 +245,16 @@ class EditorLoRA(nn.Module):
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, prompts: list[str] | None = None, *, num_inference_steps: int | None = None,
                 guidance_scale: float | None = ..., true_cfg_scale: float | None = None,
-                negative_prompt: str | None = None, seed: int | None = None, output_size: str = "input"):
+                negative_prompt: str | None = None, seed: int | list[int] | None = None, output_size: str = "input"):
         """Edit ``lq`` (B, 3, H, W) in [0, 1] with the instruction; the output is resized back to H x W
         (``output_size="input"``) or left at the model's bucket size (``"model"``). Arguments left out use
-        the ``network_g`` values (``guidance_scale=None`` switches embedded guidance off)."""
+        the ``network_g`` values (``guidance_scale=None`` switches embedded guidance off). ``seed``: one for
+        every image or one per image; each image's noise comes from its own generator, so an image's output
+        does not depend on what else is in the batch."""
         import numpy as np
         from diffusers import FlowMatchEulerDiscreteScheduler
 
+        ed = self.editor
         N = num_inference_steps or self.num_inference_steps
         g = self.guidance_scale if guidance_scale is ... else guidance_scale
         cfg = self.true_cfg_scale if true_cfg_scale is None else true_cfg_scale
@@ -420,13 +264,16 @@ class EditorLoRA(nn.Module):
         b = lq.shape[0]
         size = self.bucket_for(H, W)
         x = self.to_model_size(lq.float(), size).to(self.device)
-        text = self.encode_text(self.prompts_for(prompts, b), x)
-        neg_text = self.encode_text([neg] * b, x) if cfg > 1 else None
-        cond = pack(self.encode_image(x))
-        h, w = size[0] // self.vae_factor, size[1] // self.vae_factor
-        gen = torch.Generator("cpu").manual_seed(seed)
-        shape = (b, self.latent_channels, h, w) if self.family == "flux_kontext" else (b, 1, self.latent_channels, h, w)
-        latents = pack(torch.randn(shape, generator=gen).view(b, self.latent_channels, h, w)).to(self.device, self.dtype_)
+        text = ed.encode_text(self.prompts_for(prompts, b), x)
+        neg_text = ed.encode_text([neg] * b, x) if cfg > 1 else None
+        cond = ed.pack(ed.encode_image(x))
+        h, w = size[0] // ed.vae_factor, size[1] // ed.vae_factor
+        seeds = [seed] * b if isinstance(seed, int) else list(seed)
+        if len(seeds) != b:
+            raise ValueError(f"EditorLoRA.restore: {len(seeds)} seeds for {b} images")
+        noise = torch.cat([torch.randn(ed.noise_shape(1, h, w), generator=torch.Generator("cpu").manual_seed(s))
+                           for s in seeds]).view(b, ed.latent_channels, h, w)
+        latents = ed.pack(noise).to(self.device, self.dtype_)
         sched = FlowMatchEulerDiscreteScheduler.from_config(self.scheduler_config)
         sigmas = np.linspace(1.0, 1 / N, N)
         mu = calculate_shift(latents.shape[1], self.scheduler_config)
@@ -436,13 +283,9 @@ class EditorLoRA(nn.Module):
             tt = t.expand(b).to(latents.dtype) / 1000
             v = self.velocity(latents, cond, tt, text, h, w, g)
             if neg_text is not None:
-                vn = self.velocity(latents, cond, tt, neg_text, h, w, g)
-                comb = vn + cfg * (v - vn)
-                if self.family == "qwen_image_edit":  # QwenImageEditPipeline rescales to the conditional norm
-                    comb = comb * (v.norm(dim=-1, keepdim=True) / comb.norm(dim=-1, keepdim=True))
-                v = comb
+                v = ed.guide(v, self.velocity(latents, cond, tt, neg_text, h, w, g), cfg)
             latents = sched.step(v, t, latents, return_dict=False)[0]
-        out = self.decode_latents(unpack(latents, h, w))
+        out = ed.decode_latents(ed.unpack(latents, h, w))
         if output_size == "input" and out.shape[-2:] != (H, W):
             if self.buckets == "none":
                 out = out[..., :H, :W]
@@ -479,44 +322,26 @@ class EditorLoRA(nn.Module):
             cfg.save_pretrained(str(sub))
             listing["transformer.default"] = {"component": "transformer", "adapter": "default"}
             meta = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
-            getattr(diffusers, PIPELINES[self.family]).save_lora_weights(
+            getattr(diffusers, self.editor.pipeline).save_lora_weights(
                 str(folder), transformer_lora_layers=tensors, safe_serialization=True,
                 transformer_lora_adapter_metadata=meta)
-        info = {
-            "format": "ggt-ir LoRA adapters (peft layout; diffusers pipeline file for the transformer)",
-            "network": "EditorLoRA",
-            "family": self.family,
-            "diffusers_pipeline": PIPELINES[self.family],
-            "base_model": self.config["pretrained"],
-            "revision": self.config["revision"],
-            "variant": self.config["variant"],
-            "step": step,
-            "adapters": listing,
-            "ranks_targets": self.adapter_info(),
-            "inference": {"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
-                          "true_cfg_scale": self.true_cfg_scale, "negative_prompt": self.negative_prompt,
-                          "prompt": self.prompt, "buckets": self.buckets, "bucket_area": self.bucket_area},
-            "network_g": {"type": "EditorLoRA", **{k: v for k, v in self.config.items() if k != "adapters"}},
-            **(extra or {}),
-        }
-        L.write_json(folder / ADAPTER_JSON, info)
+        write_export_record(
+            folder, self, network="EditorLoRA", step=step, adapters=listing, extra=extra,
+            fmt="ggt-ir LoRA adapters (peft layout; diffusers pipeline file for the transformer)",
+            family=self.family, diffusers_pipeline=self.editor.pipeline,
+            inference={"num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+                       "true_cfg_scale": self.true_cfg_scale, "negative_prompt": self.negative_prompt,
+                       "prompt": self.prompt, "buckets": self.buckets, "bucket_area": self.bucket_area})
         return folder
 
     @classmethod
     def from_export(cls, folder: str | Path, **overrides) -> "EditorLoRA":
-        info = json.loads((Path(folder) / ADAPTER_JSON).read_text())
-        if info.get("network") != "EditorLoRA":
-            raise ValueError(f"{folder}: not an EditorLoRA export (network {info.get('network')!r})")
-        kwargs = {k: v for k, v in info["network_g"].items() if k != "type"}
-        kwargs.update(adapters=str(folder), **overrides)
-        return cls(**kwargs)
+        """Rebuild the trained editor from an export folder (its recorded ``network_g`` + adapters)."""
+        return cls(**rebuild_arguments(folder, "EditorLoRA", overrides))
 
     def load_adapters(self, folder: str | Path) -> None:
         folder = Path(folder)
-        if not (folder / ADAPTER_JSON).is_file():
-            raise FileNotFoundError(f"{folder}: no {ADAPTER_JSON}; expected a folder written by an EditorLoRA "
-                                    "export (experiments/<name>/models/net_g_<iter>)")
-        info = json.loads((folder / ADAPTER_JSON).read_text())
+        info = read_export_record(folder, "EditorLoRA")
         if info.get("family", self.family) != self.family:
             raise ValueError(f"{folder}: adapters for {info.get('family')}, but network_g.family is {self.family}")
         for sub, entry in info["adapters"].items():

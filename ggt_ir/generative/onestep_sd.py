@@ -14,7 +14,6 @@ Constructor arguments are the ``network_g`` options (validated against this sign
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -23,12 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ggt_ir.generative import lora as L
+from ggt_ir.generative.adapters import ADAPTER_JSON  # noqa: F401 - merge.py reads the name from here
+from ggt_ir.generative.adapters import read_export_record, rebuild_arguments, write_export_record
 from ggt_ir.generative.color_fix import COLOR_FIXES, color_fix
 from ggt_ir.utils.tiling import tiled_apply
 
 SD_SUBFOLDERS = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ADAPTER_JSON = "ggt_ir_adapter.json"
 
 
 def resolve_dtype(weight_dtype: str, mixed_precision: str = "no") -> torch.dtype:
@@ -246,36 +246,19 @@ class OneStepSD(nn.Module):
             StableDiffusionPipeline.save_lora_weights(
                 str(folder), unet_lora_layers={k: v.detach().float().cpu() for k, v in sd.items()},
                 safe_serialization=True, unet_lora_adapter_metadata=meta)
-        info = {
-            "format": "ggt-ir LoRA adapters (peft layout per adapter; diffusers SD-pipeline file for the UNet)",
-            "network": "OneStepSD",
-            "base_model": self.config["pretrained"],
-            "revision": self.config["revision"],
-            "variant": self.config["variant"],
-            "step": step,
-            "adapters": listing,
-            "ranks_targets": self.adapter_info(),
-            "network_g": {"type": "OneStepSD", **{k: v for k, v in self.config.items() if k != "adapters"}},
-            **(extra or {}),
-        }
-        L.write_json(folder / ADAPTER_JSON, info)
+        write_export_record(
+            folder, self, network="OneStepSD", step=step, adapters=listing, extra=extra,
+            fmt="ggt-ir LoRA adapters (peft layout per adapter; diffusers SD-pipeline file for the UNet)")
         return folder
 
     @classmethod
     def from_export(cls, folder: str | Path, **overrides) -> "OneStepSD":
         """Rebuild the trained restorer from an export folder (its recorded ``network_g`` + adapters)."""
-        info = json.loads((Path(folder) / ADAPTER_JSON).read_text())
-        kwargs = {k: v for k, v in info["network_g"].items() if k != "type"}
-        kwargs.update(adapters=str(folder), **overrides)
-        return cls(**kwargs)
+        return cls(**rebuild_arguments(folder, "OneStepSD", overrides))
 
     def load_adapters(self, folder: str | Path) -> None:
         folder = Path(folder)
-        meta_file = folder / ADAPTER_JSON
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"{folder}: no {ADAPTER_JSON}; expected a folder written by OneStepSD export "
-                                    "(experiments/<name>/models/net_g_<iter>)")
-        info = json.loads(meta_file.read_text())
+        info = read_export_record(folder, "OneStepSD")
         models = self.adapter_models()
         names = collections.defaultdict(list)
         for sub, entry in info["adapters"].items():

@@ -1,9 +1,11 @@
-"""Tiny random-config pipeline components saved in diffusers layout (tests, smoke benchmarks).
+"""Tiny random-config diffusers pipelines saved in diffusers layout (tests, smoke benchmarks).
 
 The framework loads them through the same ``from_pretrained`` code path as real weights.
-``size="real"`` builds the real SD-2.1-base shapes (random weights, for timing only).
-``save_tiny_flux_kontext`` / ``save_tiny_qwen_image_edit``: tiny instruction editors (FluxKontextPipeline /
-QwenImageEditPipeline folders) with tokenizers written locally (no Hub).
+``save_tiny_sd``: a Stable-Diffusion folder; ``size="real"`` builds the real SD-2.1-base shapes (random
+weights, for timing only). ``save_tiny_flux_kontext`` / ``save_tiny_qwen_image_edit``: tiny instruction
+editors (FluxKontextPipeline / QwenImageEditPipeline folders) with tokenizers written locally (no Hub).
+
+    python -m ggt_ir.testing --out datasets/tiny-sd [--family flux_kontext | qwen_image_edit]
 """
 from __future__ import annotations
 
@@ -82,24 +84,6 @@ def save_tiny_sd(folder: str | Path, size: str = "tiny", seed: int = 0) -> Path:
 
     shutil.rmtree(folder / "_tok")
     return folder
-
-
-def save_random_lpips(folder: str | Path, seed: int = 0) -> dict:
-    """Random VGG16 + LPIPS linear-layer files where :mod:`ggt_ir.generative.lpips` expects them."""
-    import torch
-    from torchvision.models import vgg16
-
-    from ggt_ir.generative.lpips import LPIPS_FILE, VGG_FILE, CHANNELS
-
-    folder = Path(folder)
-    torch.manual_seed(seed)
-    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (folder / "pyiqa").mkdir(parents=True, exist_ok=True)
-    vgg = folder / "checkpoints" / VGG_FILE
-    lin = folder / "pyiqa" / LPIPS_FILE
-    torch.save(vgg16(weights=None).state_dict(), vgg)
-    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) * 0.1 for i, c in enumerate(CHANNELS)}, lin)
-    return {"vgg": vgg, "lin": lin}
 
 
 _CHARS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)] + list(",.-'!?()")
@@ -204,22 +188,15 @@ def save_tiny_qwen_image_edit(folder: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ggt_ir.generative.testing --out datasets/tiny-sd [--family flux_kontext]``: write a tiny folder."""
+    """``python -m ggt_ir.testing --out datasets/tiny-sd [--family flux_kontext]``: write a tiny folder."""
     import argparse
 
-    p = argparse.ArgumentParser(description=main.__doc__)
+    writers = {"sd": save_tiny_sd, "flux_kontext": save_tiny_flux_kontext, "qwen_image_edit": save_tiny_qwen_image_edit}
+    p = argparse.ArgumentParser(prog="python -m ggt_ir.testing", description="Write a tiny random model folder.")
     p.add_argument("--out", required=True)
-    p.add_argument("--size", default="tiny", choices=["tiny", "real"])
-    p.add_argument("--family", default="sd", choices=["sd", "flux_kontext", "qwen_image_edit"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "real"], help="sd only: tiny, or SD-2.1-base shapes")
+    p.add_argument("--family", default="sd", choices=list(writers))
     args = p.parse_args(argv)
-    if args.family == "flux_kontext":
-        print(save_tiny_flux_kontext(args.out))
-    elif args.family == "qwen_image_edit":
-        print(save_tiny_qwen_image_edit(args.out))
-    else:
-        print(save_tiny_sd(args.out, args.size))
+    extra = {"size": args.size} if args.family == "sd" else {}
+    print(writers[args.family](args.out, **extra))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""What every editor family provides to :class:`~ggt_ir.generative.editor.EditorLoRA`, and what they share.
+
+A family object loads its components, keeps the frozen helpers (VAE, text encoder(s), tokenizers) and
+knows the family's conventions. The transformer it loads is handed to EditorLoRA, which owns it (the one
+registered, trained and prepared module) and passes it back into :meth:`EditorFamily.predict`.
+
+Shared here: loading (``from_pretrained`` through ``pretrained.py``, the flow-match scheduler), the 2x2
+patch sequence (:meth:`pack` / :meth:`unpack`), the device, the noise shape and plain CFG.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class EditorFamily:
+    pipeline: str = ""  # the diffusers pipeline class (its LoRA file format; docs)
+    subfolders: tuple[str, ...] = ()  # the diffusers folder layout the family loads
+    lora_targets: tuple[str, ...] = ()  # default LoRA layer-name suffixes (diffusers' LoRA scripts)
+    patch: int = 2  # latents are packed in patch x patch tokens
+
+    def __init__(self, dtype: torch.dtype, *, max_sequence_length: int = 512, max_cached_prompts: int = 1024):
+        """``dtype``: frozen weights. Instruction-encoding options: each family uses those that apply to it."""
+        self.dtype = dtype
+        self.max_sequence_length, self.max_cached_prompts = max_sequence_length, max_cached_prompts
+        self.frozen: dict[str, nn.Module] = {}  # moved with the EditorLoRA, never trained or wrapped
+        self.vae_factor: int = 1  # image pixels per latent pixel (set by load_components)
+        self.latent_channels: int = 0
+
+    # ------------------------------------------------------------------ loading
+    def load(self, pretrained: str, *, revision: str | None = None, variant: str | None = None,
+             allow_download: bool = False) -> nn.Module:
+        """Load the components from ``pretrained`` (folder or Hub id, never downloading silently); returns
+        the transformer, keeps the frozen helpers in :attr:`frozen` and the scheduler in :attr:`scheduler`."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from ggt_ir.generative.pretrained import load_component
+
+        common = dict(revision=revision, variant=variant, allow_download=allow_download,
+                      all_subfolders=list(self.subfolders))
+
+        def weights(cls, subfolder: str):  # a network, in the frozen-weight dtype (and the variant)
+            return load_component(cls, pretrained, subfolder, torch_dtype=self.dtype, **common)
+
+        def files(cls, subfolder: str):  # tokenizers, processors, the scheduler
+            return load_component(cls, pretrained, subfolder, **{**common, "variant": None})
+
+        transformer = self.load_components(weights, files)
+        self.scheduler = files(FlowMatchEulerDiscreteScheduler, "scheduler")
+        return transformer
+
+    def load_components(self, weights: Callable, files: Callable) -> nn.Module:
+        """Load the family's networks with ``weights(cls, subfolder)`` and its tokenizers with
+        ``files(cls, subfolder)``; fill :attr:`frozen`, :attr:`vae_factor`, :attr:`latent_channels`;
+        return the transformer."""
+        raise NotImplementedError
+
+    def __getattr__(self, name: str):  # self.vae, self.text_encoder, ...: the frozen helpers
+        frozen = self.__dict__.get("frozen")
+        if frozen is not None and name in frozen:
+            return frozen[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.frozen["vae"].parameters()).device
+
+    # ------------------------------------------------------------------ the family's conventions
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images (B, 3, H, W) -> normalised latents (B, C, H/f, W/f), as the pipeline does."""
+        raise NotImplementedError
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> images in [0, 1]."""
+        raise NotImplementedError
+
+    def encode_text(self, prompts: list[str], images: torch.Tensor) -> dict:
+        """The transformer's text conditioning for one instruction per image (``images``: the model-size
+        LQ images, for encoders that see them)."""
+        raise NotImplementedError
+
+    def predict(self, transformer: nn.Module, hidden: torch.Tensor, t: torch.Tensor, guidance: torch.Tensor | None,
+                text: dict, h: int, w: int) -> torch.Tensor:
+        """The transformer's output for ``hidden`` = [noisy tokens | LQ tokens] of an h x w latent, at
+        timestep ``t`` (sigma), embedded ``guidance`` (or None)."""
+        raise NotImplementedError
+
+    def bucket(self, ratio: float, area: int) -> tuple[float, float]:
+        """(width, height) the family runs an input of aspect ratio ``ratio`` (w / h) at, for ~``area`` pixels
+        (before rounding to the multiple)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared defaults
+    @property
+    def multiple(self) -> int:
+        """Image sizes the model runs at are multiples of this (VAE factor x patch)."""
+        return self.vae_factor * self.patch
+
+    def pack(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) -> (B, h/2 * w/2, 4C): the 2x2 patch sequence."""
+        b, c, h, w = z.shape
+        p = self.patch
+        return z.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+
+    def unpack(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        b, _, d = x.shape
+        p = self.patch
+        c = d // (p * p)
+        return x.view(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+    def noise_shape(self, b: int, h: int, w: int) -> tuple[int, ...]:
+        """The shape the pipeline draws its initial noise in (the same numbers whatever the shape)."""
+        return (b, self.latent_channels, h, w)
+
+    def guide(self, v: torch.Tensor, v_neg: torch.Tensor, scale: float) -> torch.Tensor:
+        """True classifier-free guidance from the conditional and the negative-prompt velocities."""
+        return v_neg + scale * (v - v_neg)
