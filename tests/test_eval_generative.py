@@ -11,19 +11,17 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 
-def _train(opt_dict, tmp_path):
-    from ggt_ir.train.options import load_options
-    from ggt_ir.train.trainer import Trainer
+def _generative_run(demo_root, tmp_path, name, model_type, network_g, pixel_opt=None):
+    """A 2-iteration run of a generative family, exported at iteration 2."""
+    from helpers import train_run
 
-    Trainer(load_options(write_options(tmp_path / f"{opt_dict['name']}.yml", opt_dict)), command="pytest").fit()
-    return tmp_path / "exp" / opt_dict["name"]
-
-
-def _base(demo_root, tmp_path, name):
     opt = tiny_options(demo_root, tmp_path / "exp", name=name, train__total_iter=2, logger__save_checkpoint_freq=2)
     opt["datasets"]["val"]["categories"] = ["rain"]
-    opt["train"].update({"optim_g": {"type": "AdamW", "lr": 1e-3}, "warmup_iter": 0, "ema_decay": 0.5})
-    return opt
+    opt["train"].update({"optim_g": {"type": "AdamW", "lr": 1e-3}, "warmup_iter": 0, "ema_decay": 0.5,
+                         "pixel_opt": pixel_opt})
+    opt.update(model_type=model_type, network_g=network_g)
+    train_run(opt, tmp_path)
+    return tmp_path / "exp" / name
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +29,9 @@ def sd_run(demo_root, tmp_path_factory):
     from ggt_ir.testing.pipelines import save_tiny_sd
 
     tmp = tmp_path_factory.mktemp("sdrun")
-    opt = _base(demo_root, tmp, "sd")
-    opt["model_type"] = "onestep_sd"
-    opt["network_g"] = {"type": "OneStepSD", "pretrained": str(save_tiny_sd(tmp / "sd_model")),
-                        "prompt": "a clean photo", "lora_rank_unet": 4, "lora_rank_vae": 4}
-    opt["train"]["pixel_opt"] = {"type": "MSELoss"}
-    return _train(opt, tmp)
+    net = {"type": "OneStepSD", "pretrained": str(save_tiny_sd(tmp / "sd_model")), "prompt": "a clean photo",
+           "lora_rank_unet": 4, "lora_rank_vae": 4}
+    return _generative_run(demo_root, tmp, "sd", "onestep_sd", net, pixel_opt={"type": "MSELoss"})
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +39,10 @@ def editor_run(demo_root, tmp_path_factory):
     from ggt_ir.testing.pipelines import save_tiny_flux_kontext
 
     tmp = tmp_path_factory.mktemp("edrun")
-    opt = _base(demo_root, tmp, "ed")
-    opt["model_type"] = "editor_lora"
-    opt["network_g"] = {"type": "EditorLoRA", "pretrained": str(save_tiny_flux_kontext(tmp / "kontext")),
-                        "family": "flux_kontext", "prompt": "remove the rain", "lora_rank": 4,
-                        "max_sequence_length": 16, "buckets": "none", "num_inference_steps": 2}
-    opt["train"].pop("pixel_opt")
-    return _train(opt, tmp)
+    net = {"type": "EditorLoRA", "pretrained": str(save_tiny_flux_kontext(tmp / "kontext")), "family": "flux_kontext",
+           "prompt": "remove the rain", "lora_rank": 4, "max_sequence_length": 16, "buckets": "none",
+           "num_inference_steps": 2}
+    return _generative_run(demo_root, tmp, "ed", "editor_lora", net)
 
 
 def _eval(run, demo_root, tmp_path, name):

@@ -88,6 +88,24 @@ class Step:
         """Raise :class:`ggt_ir.config.OptionsError` for option combinations this family cannot train."""
 
     # ------------------------------------------------------------------ shared helpers
+    def prepare_generator(self, net: torch.nn.Module, *extra):
+        """``train.optim_g`` over ``net``'s trainable parameters, its schedule and (``train.ema_decay``) its EMA;
+        ``accelerator.prepare(net, optimizer, *extra)``; the schedule and EMA registered for checkpointing.
+        Sets ``net_g``, ``optimizer``, ``scheduler``, ``ema``; returns the prepared ``extra`` objects."""
+        from ggt_ir.train.ema import EMA
+        from ggt_ir.train.optim import build_optimizer, build_scheduler
+
+        t = self.opt.train
+        optimizer = build_optimizer(net.parameters(), t.optim_g)
+        self.scheduler = build_scheduler(optimizer, t)
+        self.ema = EMA(net, t.ema_decay).to(self.acc.device) if t.ema_decay > 0 else None
+        self.net_g, self.optimizer, *rest = self.acc.prepare(net, optimizer, *extra)
+        # stepped by the step itself, once per optimizer update (a prepared scheduler steps once per process)
+        self.acc.register_for_checkpointing(self.scheduler)
+        if self.ema is not None:
+            self.acc.register_for_checkpointing(self.ema)
+        return rest
+
     def trained_optimizers(self) -> list:
         """Every optimizer this step updates (all are cleared when a step is skipped)."""
         return [self.optimizer]

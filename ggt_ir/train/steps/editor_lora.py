@@ -31,8 +31,6 @@ class EditorLoRAStep(Step):
         from accelerate.utils import DistributedType
 
         from ggt_ir.generative.editor import EditorLoRA
-        from ggt_ir.train.ema import EMA
-        from ggt_ir.train.optim import build_optimizer, build_scheduler
 
         self.opt, self.acc, self.log, t = opt, accelerator, log, opt.train
         kwargs = {k: v for k, v in opt.network_g.items() if k != "type"}
@@ -46,13 +44,7 @@ class EditorLoRAStep(Step):
         if net.num_trainable == 0:
             raise ValueError("EditorLoRA: no trainable LoRA tensors (network_g.lora_rank: 0 and no adapters)")
         net.to(accelerator.device)
-        optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], t.optim_g)
-        self.scheduler = build_scheduler(optimizer, t)
-        self.ema = EMA(net, t.ema_decay).to(accelerator.device) if t.ema_decay > 0 else None
-        self.net_g, self.optimizer = accelerator.prepare(net, optimizer)
-        accelerator.register_for_checkpointing(self.scheduler)
-        if self.ema is not None:
-            accelerator.register_for_checkpointing(self.ema)
+        self.prepare_generator(net)
         self.num_params = sum(p.numel() for p in net.parameters())
         self.num_frozen_helpers = sum(p.numel() for m in net._frozen_modules() for p in m.parameters())
         self.num_trainable = net.num_trainable

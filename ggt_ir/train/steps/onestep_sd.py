@@ -75,8 +75,7 @@ class OneStepSDStep(Step):
     def __init__(self, opt, accelerator, log):
         from ggt_ir.generative.onestep_sd import OneStepSD
         from ggt_ir.losses import build_losses
-        from ggt_ir.train.ema import EMA
-        from ggt_ir.train.optim import LRFactor, build_optimizer, build_scheduler
+        from ggt_ir.train.optim import LRFactor, build_optimizer
 
         self.opt, self.acc, self.log, t = opt, accelerator, log, opt.train
         kwargs = {k: v for k, v in opt.network_g.items() if k != "type"}
@@ -92,25 +91,18 @@ class OneStepSDStep(Step):
 
             lo = t.lpips_opt
             self.lpips = LPIPSVGG(lo.weights_dir, lo.vgg_path, lo.lin_path).to(accelerator.device)
-        optimizer = build_optimizer(net.parameters(), t.optim_g)
-        self.scheduler = build_scheduler(optimizer, t)
-        self.ema = EMA(net, t.ema_decay).to(accelerator.device) if t.ema_decay > 0 else None
-        self.vsd = t.vsd_opt
-        if self.vsd is not None:
+        self.vsd, self.reg = t.vsd_opt, None
+        if self.vsd is None:
+            self.prepare_generator(net)
+        else:
             from ggt_ir.generative.vsd import VSDRegularizer
 
             reg = VSDRegularizer(net, self.vsd)
             opt_r = build_optimizer(reg.parameters(), self.vsd.optim)
             self.scheduler_r = torch.optim.lr_scheduler.LambdaLR(opt_r, LRFactor(t, self.vsd.optim.lr))
-            self.net_g, self.optimizer, self.reg, self.optimizer_r = accelerator.prepare(net, optimizer, reg, opt_r)
+            self.reg, self.optimizer_r = self.prepare_generator(net, reg, opt_r)
             accelerator.register_for_checkpointing(self.scheduler_r)
             self.num_reg = reg.num_trainable
-        else:
-            self.net_g, self.optimizer = accelerator.prepare(net, optimizer)
-            self.reg = None
-        accelerator.register_for_checkpointing(self.scheduler)
-        if self.ema is not None:
-            accelerator.register_for_checkpointing(self.ema)
         self.num_params = sum(p.numel() for p in net.parameters())
         self.num_trainable = net.num_trainable
 

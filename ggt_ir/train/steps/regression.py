@@ -10,8 +10,6 @@ class RegressionStep(Step):
     def __init__(self, opt, accelerator, log):
         from ggt_ir.inference.loader import load_network
         from ggt_ir.losses import build_losses
-        from ggt_ir.train.ema import EMA
-        from ggt_ir.train.optim import build_optimizer, build_scheduler
 
         self.opt, self.acc, t = opt, accelerator, opt.train
         net, report = load_network(opt.network_g, opt.path.pretrain_network_g, opt.path.param_key_g,
@@ -20,14 +18,7 @@ class RegressionStep(Step):
             log.info(str(report))
         self.num_params = sum(p.numel() for p in net.parameters())
         self.losses = {k: m.to(accelerator.device) for k, m in build_losses(t).items()}
-        optimizer = build_optimizer(net.parameters(), t.optim_g)
-        self.scheduler = build_scheduler(optimizer, t)
-        self.ema = EMA(net, t.ema_decay).to(accelerator.device) if t.ema_decay > 0 else None
-        self.net_g, self.optimizer = accelerator.prepare(net, optimizer)
-        # the scheduler is stepped by us once per optimizer step (a prepared one would step per process)
-        accelerator.register_for_checkpointing(self.scheduler)
-        if self.ema is not None:
-            accelerator.register_for_checkpointing(self.ema)
+        self.prepare_generator(net)
 
     def describe(self) -> dict:
         return {"network_g": f"{self.opt.network_g['type']}, {self.num_params / 1e6:.3f} M parameters",
