@@ -94,3 +94,25 @@ def test_debug_mode_and_resolved_yaml_roundtrip(demo_root, tmp_path):
     resolved = yaml.safe_load(options_to_yaml(opt))
     assert resolved["train"]["optim_g"]["type"] == "AdamW"
     assert resolved["datasets"]["train"]["gt_size"] == 16
+
+
+def test_model_type_and_network_must_agree_before_any_folder_is_touched(demo_root, tmp_path):
+    exp = tmp_path / "exp"
+    opt = tiny_options(demo_root, exp, name="mix")
+    (exp / "mix").mkdir(parents=True)
+    (exp / "mix" / "old_run_file.txt").write_text("an earlier run")  # would be archived by a starting run
+    opt["model_type"] = "onestep_sd"  # a SwinIR network with the OneStepSD family
+    with pytest.raises(OptionsError, match=r"model_type onestep_sd needs 'network_g.type: OneStepSD', got SwinIR"):
+        load_options(_write(tmp_path, opt))
+    opt = tiny_options(demo_root, exp, name="mix")
+    opt["network_g"] = {"type": "OneStepSD", "pretrained": "stabilityai/stable-diffusion-2-1-base"}
+    with pytest.raises(OptionsError, match=r"OneStepSD is trained with 'model_type: onestep_sd'.*regression"):
+        load_options(_write(tmp_path, opt))
+    assert sorted(p.name for p in exp.iterdir()) == ["mix"] and (exp / "mix" / "old_run_file.txt").is_file()
+
+
+def test_a_key_of_another_family_names_that_family(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path / "exp")
+    opt["train"]["vsd_opt"] = {"lora_rank": 2}
+    with pytest.raises(OptionsError, match=r"'train.vsd_opt' is an option of model_type onestep_sd"):
+        load_options(_write(tmp_path, opt))
