@@ -14,6 +14,11 @@ ARCHS = Registry(
         "NAFNet": "ggt_ir.archs.nafnet_arch:NAFNet",
         "NAFNetLocal": "ggt_ir.archs.nafnet_arch:NAFNetLocal",  # official name of NAFNet + TLC
         "PromptIR": "ggt_ir.archs.promptir_arch:PromptIR",
+        # discriminators (network_d of a GAN step)
+        "UNetDiscriminatorSN": "ggt_ir.archs.unet_discriminator_arch:UNetDiscriminatorSN",  # Real-ESRGAN's
+        "PatchGANDiscriminatorSN": "ggt_ir.archs.patchgan_arch:PatchGANDiscriminatorSN",
+        "MultiScalePatchGANDiscriminatorSN": "ggt_ir.archs.patchgan_arch:MultiScalePatchGANDiscriminatorSN",
+        "VisionAidedDiscriminator": "ggt_ir.archs.vision_aided_arch:VisionAidedDiscriminator",  # frozen DINOv2/ConvNeXt
         # generative (diffusers, imported on first use): docs/generative.md
         "OneStepSD": "ggt_ir.generative.onestep_sd:OneStepSD",
         "EditorLoRA": "ggt_ir.generative.editor:EditorLoRA",  # FLUX.1-Kontext / Qwen-Image-Edit
