@@ -53,6 +53,9 @@ class VGGFeatures(nn.Module):
         last = max(names.index(n) for n in layers)
         self.names = names[: last + 1]
         self.body = nn.Sequential(*features[: last + 1])
+        for m in self.body:  # torchvision's ReLUs are in place: they would overwrite a returned conv feature
+            if isinstance(m, nn.ReLU):
+                m.inplace = False
         self.layers = set(layers)
         self.use_input_norm, self.range_norm = use_input_norm, range_norm
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
