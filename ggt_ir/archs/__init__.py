@@ -14,6 +14,8 @@ ARCHS = Registry(
         "NAFNet": "ggt_ir.archs.nafnet_arch:NAFNet",
         "NAFNetLocal": "ggt_ir.archs.nafnet_arch:NAFNetLocal",  # official name of NAFNet + TLC
         "PromptIR": "ggt_ir.archs.promptir_arch:PromptIR",
+        # any architecture spandrel knows (RRDBNet/ESRGAN, HAT, DAT, SCUNet, SPAN, ...): docs/model_zoo.md
+        "Spandrel": "ggt_ir.archs.spandrel_arch:Spandrel",
         # discriminators (network_d of a GAN step)
         "UNetDiscriminatorSN": "ggt_ir.archs.unet_discriminator_arch:UNetDiscriminatorSN",  # Real-ESRGAN's
         "PatchGANDiscriminatorSN": "ggt_ir.archs.patchgan_arch:PatchGANDiscriminatorSN",
