@@ -16,6 +16,7 @@ ARCHS = Registry(
         "PromptIR": "ggt_ir.archs.promptir_arch:PromptIR",
         # any architecture spandrel knows (RRDBNet/ESRGAN, HAT, DAT, SCUNet, SPAN, ...): docs/model_zoo.md
         "Spandrel": "ggt_ir.archs.spandrel_arch:Spandrel",
+        "FoundIR": "ggt_ir.archs.foundir_arch:FoundIR",  # residual diffusion: restore(lq), loss = net(lq, gt)
         # discriminators (network_d of a GAN step)
         "UNetDiscriminatorSN": "ggt_ir.archs.unet_discriminator_arch:UNetDiscriminatorSN",  # Real-ESRGAN's
         "PatchGANDiscriminatorSN": "ggt_ir.archs.patchgan_arch:PatchGANDiscriminatorSN",
