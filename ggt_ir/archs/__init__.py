@@ -14,6 +14,14 @@ ARCHS = Registry(
         "NAFNet": "ggt_ir.archs.nafnet_arch:NAFNet",
         "NAFNetLocal": "ggt_ir.archs.nafnet_arch:NAFNetLocal",  # official name of NAFNet + TLC
         "PromptIR": "ggt_ir.archs.promptir_arch:PromptIR",
+        # any architecture spandrel knows (RRDBNet/ESRGAN, HAT, DAT, SCUNet, SPAN, ...): docs/model_zoo.md
+        "Spandrel": "ggt_ir.archs.spandrel_arch:Spandrel",
+        "FoundIR": "ggt_ir.archs.foundir_arch:FoundIR",  # residual diffusion: restore(lq), loss = net(lq, gt)
+        # discriminators (network_d of a GAN step)
+        "UNetDiscriminatorSN": "ggt_ir.archs.unet_discriminator_arch:UNetDiscriminatorSN",  # Real-ESRGAN's
+        "PatchGANDiscriminatorSN": "ggt_ir.archs.patchgan_arch:PatchGANDiscriminatorSN",
+        "MultiScalePatchGANDiscriminatorSN": "ggt_ir.archs.patchgan_arch:MultiScalePatchGANDiscriminatorSN",
+        "VisionAidedDiscriminator": "ggt_ir.archs.vision_aided_arch:VisionAidedDiscriminator",  # frozen DINOv2/ConvNeXt
         # generative (diffusers, imported on first use): docs/generative.md
         "OneStepSD": "ggt_ir.generative.onestep_sd:OneStepSD",
         "EditorLoRA": "ggt_ir.generative.editor:EditorLoRA",  # FLUX.1-Kontext / Qwen-Image-Edit

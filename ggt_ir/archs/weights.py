@@ -3,7 +3,9 @@
 Accepted files: ``.pth``/``.pt``/``.ckpt`` (torch pickles) and ``.safetensors``. Accepted layouts:
 BasicSR/KAIR ``{'params': sd}`` / ``{'params_ema': sd}``, ``{'state_dict': sd}`` (also Lightning,
 whose keys carry a ``net.`` or ``model.`` prefix), a bare state dict, DDP's ``module.`` prefix, and
-our safetensors export with ``params.<key>`` / ``params_ema.<key>``.
+our safetensors export with ``params.<key>`` / ``params_ema.<key>``, and the ema-pytorch trainers' layout
+(lucidrains' ``denoising-diffusion-pytorch``, FoundIR's ``model-2000.pt``): ``{'model': sd, 'ema': {'ema_model.<key>':
+...}}``, where ``auto`` takes the EMA weights.
 """
 from __future__ import annotations
 
@@ -43,9 +45,22 @@ def read_state_file(path: str | Path) -> dict:
     return torch.load(str(path), map_location="cpu", weights_only=False)
 
 
+def _ema_pytorch(raw: dict) -> dict | None:
+    """The averaged weights of an ema-pytorch ``EMA`` state dict (``ema_model.<key>``), if ``raw['ema']`` is one."""
+    ema = raw.get("ema")
+    if isinstance(ema, dict) and any(k.startswith("ema_model.") for k in ema):
+        return {k[len("ema_model."):]: v for k, v in ema.items() if k.startswith("ema_model.")}
+    return None
+
+
 def select_state_dict(raw: dict, param_key: str = "auto", source: str = "") -> tuple[dict, str]:
     """Pick the generator's state dict out of a checkpoint; returns (state_dict, key used)."""
+    ema_pytorch = _ema_pytorch(raw)
+    if ema_pytorch is not None and param_key in ("auto", "ema"):
+        raw = {**raw, "ema": ema_pytorch}
     nested = {k for k in ("params_ema", "params", "state_dict", "model", "net_g") if isinstance(raw.get(k), dict)}
+    if ema_pytorch is not None:
+        nested.add("ema")
     flat_groups = {g for g in ("params_ema", "params") if any(k.startswith(g + ".") for k in raw)}
     if param_key in ("none", ""):
         sd, used = raw, "none"
@@ -59,7 +74,7 @@ def select_state_dict(raw: dict, param_key: str = "auto", source: str = "") -> t
             raise KeyError(f"{source}: no '{param_key}' in this checkpoint; it has {', '.join(have)}. "
                            "Set path.param_key_g to one of those, or 'auto'.")
     else:  # prefer EMA weights, as BasicSR's test does
-        for k in ("params_ema", "params", "state_dict", "model", "net_g"):
+        for k in ("params_ema", "ema", "params", "state_dict", "model", "net_g"):
             if k in nested:
                 sd, used = raw[k], k
                 break

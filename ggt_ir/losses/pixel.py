@@ -1,32 +1,16 @@
-"""Pixel losses, composed from the options (``train.pixel_opt`` and ``train.losses``).
-
-Each loss is ``loss_weight * reduce(elementwise(pred, target))``; the trainer logs each one
-as ``l_<name>`` (BasicSR's convention) and optimizes their sum.
+"""Pixel losses: ``loss_weight * reduce(elementwise(pred, target))``, computed in fp32 even under autocast.
 
 A loss class declares its option keys in a nested ``Options`` dataclass (``type`` plus its constructor's
-keyword arguments); the :data:`LOSSES` registry checks each ``{type: ..., ...}`` block against it when
+keyword arguments); :data:`ggt_ir.losses.LOSSES` checks each ``{type: ..., ...}`` block against it when
 the option file loads.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from ggt_ir.registry import Registry
-
-LOSSES = Registry(
-    "loss",
-    {
-        "L1Loss": "ggt_ir.losses:L1Loss",
-        "MSELoss": "ggt_ir.losses:MSELoss",
-        "CharbonnierLoss": "ggt_ir.losses:CharbonnierLoss",
-        "PSNRLoss": "ggt_ir.losses:PSNRLoss",
-    },
-)
 
 
 class _PixelLoss(nn.Module):
@@ -85,28 +69,3 @@ class PSNRLoss(_PixelLoss):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         mse = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
         return self.loss_weight * (10.0 / math.log(10.0)) * torch.log(mse + 1e-8).mean()
-
-
-def build_loss(spec) -> nn.Module:
-    """One loss from its typed ``Options`` (the constructor takes every field but ``type``)."""
-    cls = LOSSES.get(spec.type)
-    return cls(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.name != "type"})
-
-
-def build_losses(train_opts) -> dict[str, nn.Module]:
-    """{log name: loss module} from ``pixel_opt`` (logged as ``l_pix``) and the ``losses`` list."""
-    out: dict[str, nn.Module] = {}
-    specs = ([("l_pix", train_opts.pixel_opt)] if train_opts.pixel_opt else []) + [
-        (None, lo) for lo in train_opts.losses
-    ]
-    for name, spec in specs:
-        cls = LOSSES.get(spec.type)
-        module = build_loss(spec)
-        name = name or f"l_{cls.short_name}"
-        base, i = name, 2
-        while name in out:
-            name, i = f"{base}{i}", i + 1
-        out[name] = module
-    if not out:
-        raise ValueError("no loss configured: set train.pixel_opt (e.g. {type: L1Loss}) or train.losses")
-    return out
