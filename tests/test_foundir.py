@@ -158,16 +158,18 @@ def test_foundir_trains_and_refuses_lq_only_training_calls():
 
 
 def test_recipes_are_valid_options():
-    """The FoundIR recipes type-check (model_type set to regression for the check: the FoundIR step is
-    written on the step contract, see docs/model_zoo.md)."""
-    from ggt_ir.config import load_options
+    """The FoundIR recipes type-check with their own step (model_type: foundir); the base is include-only."""
+    from ggt_ir.train.options import load_options
 
     root = Path(__file__).resolve().parents[1] / "options" / "train" / "FoundIR"
     files = sorted(root.glob("foundir_*.yml"))
     assert {f.name for f in files} >= {"foundir_base.yml", "foundir_ggt100k.yml", "foundir_synthetic.yml",
                                        "foundir_existing.yml"}
     for f in files:
-        opt = load_options(f, ["model_type=regression"], check_paths=False)
+        if f.name == "foundir_base.yml":
+            continue  # shared by the three variants, which add datasets.train
+        opt = load_options(f, check_paths=False)
+        assert opt.model_type == "foundir"
         assert opt.network_g["type"] == "FoundIR" and opt.train.optim_g.lr == pytest.approx(1e-4)
 
 
@@ -224,3 +226,29 @@ def test_equivalence_with_the_official_code(tmp_path, monkeypatch):
         ref_t = Trainer.patch2img(None, torch.cat(outs), idx, size, scale=1, crop_size=16)
     mine = ours.restore(lq, generator=torch.Generator().manual_seed(11), crop_size=16, crop_overlap=8)
     assert torch.allclose(mine, ref_t, atol=1e-5)
+
+
+def test_the_foundir_step_trains_resumes_exactly_and_restores(demo_root, tmp_path, monkeypatch):
+    """model_type foundir: the network's own residual loss through the shared optimizer step; exact resume;
+    the export restores through the one loader (its sampler)."""
+    from safetensors.torch import load_file
+
+    from ggt_ir.inference.loader import load_restorer
+    from helpers import tiny_options, train_straight_killed_resumed
+
+    def options(name):
+        opt = tiny_options(demo_root, tmp_path / "exp", name=name, train__total_iter=4,
+                           logger__save_checkpoint_freq=2)
+        opt.update(model_type="foundir", network_g={**TINY, "sampling_timesteps": 2})
+        opt["train"]["pixel_opt"] = None
+        opt["datasets"]["val"]["categories"] = ["rain"]
+        return opt
+
+    summary = train_straight_killed_resumed(options, tmp_path, monkeypatch, kill_at=2)
+    assert summary["iter"] == 4
+    a = load_file(str(tmp_path / "exp" / "straight" / "models" / "net_g_4.safetensors"))
+    b = load_file(str(tmp_path / "exp" / "killed" / "models" / "net_g_4.safetensors"))
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
+    r = load_restorer(tmp_path / "exp" / "straight")
+    out = r.restore(torch.rand(1, 3, 16, 16))
+    assert out.shape == (1, 3, 16, 16) and r.info["network_g"]["type"] == "FoundIR"

@@ -105,7 +105,7 @@ def test_gan_options_and_bad_values():
 
 
 def test_gan_loss_is_refused_among_image_losses():
-    from ggt_ir.config import TrainOptions
+    from ggt_ir.train.options import TrainOptions
     from ggt_ir.losses import build_losses
 
     with pytest.raises(ValueError, match="train.gan_opt"):

@@ -50,7 +50,7 @@ def images():
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A weights folder with random torchvision backbones and pyiqa's LPIPS / DISTS files (eval's writer)."""
-    from ggt_ir.eval.weights import write_random_weights
+    from ggt_ir.testing.weights import write_random_weights
 
     root = tmp_path_factory.mktemp("weights")
     random_torchvision_weights("vgg19", root / "checkpoints" / "vgg19-dcbb9e9d.pth")

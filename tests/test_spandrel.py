@@ -123,7 +123,7 @@ def test_span_inference_only_weights_are_frozen():
 def test_trainer_trains_a_spandrel_network_and_finetunes_a_detected_checkpoint(demo_root, tmp_path):
     from safetensors.torch import load_file
 
-    from ggt_ir.config import load_options
+    from ggt_ir.train.options import load_options
     from ggt_ir.train.trainer import Trainer
     from helpers import tiny_options, write_options
 

@@ -230,6 +230,7 @@ class UnetRes(nn.Module):
 
 # ------------------------------------------------------------------------------------------ FoundIR
 class FoundIR(nn.Module):
+    model_type = "foundir"  # the trainer step that trains it (ggt_ir/train/steps/foundir.py)
     scale = 1
 
     def __init__(self, dim: int = 64, dim_mults: Sequence[int] = (1, 2, 4, 8), channels: int = 3,

@@ -1,0 +1,54 @@
+"""``foundir``: FoundIR's residual-diffusion objective (``ggt_ir/archs/foundir_arch.py``): the network computes its
+own training loss, ``loss = net_g(lq, gt)`` (L1 between predicted and true residual at a uniform random timestep,
+as the official ``train.py``); validation runs its sampler (``restore``)."""
+from __future__ import annotations
+
+import torch
+
+from ggt_ir.config import OptionsError
+from ggt_ir.train.step_api import NONFINITE, Step
+
+
+class FoundIRStep(Step):
+    network_type = "FoundIR"
+
+    @classmethod
+    def check_options(cls, opt, src: str) -> None:
+        t = opt.train
+        if t.pixel_opt or t.losses:
+            raise OptionsError(f"{src}: model_type foundir trains with FoundIR's own residual loss; "
+                               "remove train.pixel_opt / train.losses")
+
+    def __init__(self, opt, accelerator, log):
+        from ggt_ir.inference.loader import load_network
+
+        self.opt, self.acc = opt, accelerator
+        net, report = load_network(opt.network_g, opt.path.pretrain_network_g, opt.path.param_key_g,
+                                   opt.path.strict_load_g)
+        if report is not None:
+            log.info(str(report))
+        self.num_params = sum(p.numel() for p in net.parameters())
+        self.prepare_generator(net)
+
+    def describe(self) -> dict:
+        return {"network_g": f"FoundIR, {self.num_params / 1e6:.3f} M parameters (residual diffusion)",
+                "EMA": f"decay {self.ema.decay}" if self.ema else "off"}
+
+    def train_step(self, batch: dict, it: int) -> dict:
+        with self.acc.accumulate(self.net_g):
+            losses = {"l_res": self.net_g(batch["lq"], batch["gt"])}
+            if not self.losses_finite(losses, it):
+                return NONFINITE
+            self.optimizer_step(losses["l_res"], self.optimizer, self.scheduler, self.net_g.parameters())
+        self.update_ema()
+        return {k: v.detach() for k, v in losses.items()}
+
+    def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor:
+        with self.inference_network() as net:
+            return net.restore(lq, generator=torch.Generator(lq.device).manual_seed(self.opt.manual_seed)
+                               ).float().clamp(0, 1)
+
+    def export(self, path_stem, it: int) -> list[str]:
+        from ggt_ir.train.steps.regression import RegressionStep
+
+        return RegressionStep.export(self, path_stem, it)
