@@ -12,8 +12,7 @@ from shard_fixtures import image, layout_a, layout_b, write
 
 
 def _members(tar_path):
-    stream, tf = open_shard(str(tar_path), retries=0)
-    return dict(iter_tar_samples(tf, stream, str(tar_path)))
+    return dict(iter_tar_samples(open_shard(str(tar_path), retries=0)))
 
 
 def _all_samples(out, name, split=None):
@@ -64,7 +63,8 @@ def test_build_manifest_counts_problems_and_original_bytes(tmp_path, capsys):
     assert mem["hq.png"] == (root / "train/Rain/GT/img1.png").read_bytes()
     meta = json.loads(mem["json"])
     assert meta["category"] == "rain" and meta["split"] == "train" and meta["lq_path"] == "train/Rain/LQ/img1.png"
-    assert meta["lq_size"] == meta["hq_size"] == [32, 32] and meta["encoding"] == "original"
+    assert meta["lq_size"] == meta["hq_size"] == [32, 32] and meta["encoding"] == "copy"  # (was "original")
+    assert m["encoding"] == "copy" and meta["lq_pixels"].startswith("sha256:")
 
     # verify: all good; then damage one shard
     assert shards_main(["verify", str(out), "--jobs", "1"]) == 0
