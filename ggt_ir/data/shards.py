@@ -509,10 +509,10 @@ def _reason_kind(why: str) -> str:
 
 # ----------------------------------------------------------------------------- verify
 def verify_shard(url: str, entry: dict | None, decode: int | None = None, seed: int = 0, check_hash: bool = True,
-                 allow_pipe: bool = False) -> dict:
+                 allow_pipe: bool = False, scale: int = 1) -> dict:
     """Check one shard: sha256 against the manifest entry (local shards), every sample's members, and (all
     samples by default, ``decode`` random ones per shard in the fast mode) that its images decode to the sizes
-    and pixel hashes its json records. Returns ``{"url", "errors", "bad": {"<shard>:<key>": reason}, ...}``:
+    and pixel hashes its json records, with HQ = LQ x ``scale``. Returns ``{"url", "errors", "bad": {"<shard>:<key>": reason}, ...}``:
     every damaged sample once, with the reason."""
     errors: list[str] = []
     bad: dict[str, str] = {}
@@ -552,16 +552,24 @@ def verify_shard(url: str, entry: dict | None, decode: int | None = None, seed: 
             if meta is None:
                 bad[rid] = "unreadable json member"
                 continue
+            if not s.members[lq] or not s.members[hq]:
+                bad[rid] = f"empty member {lq if not s.members[lq] else hq}"
+                continue
             if want is not None and s.ordinal not in want:
                 continue
             try:
+                shapes = {}
                 for role, suffix in (("lq", lq), ("hq", hq)):
                     img = decode_image(s.members[suffix], image_ext(suffix))
+                    shapes[role] = img.shape[:2]
                     if meta.get(f"{role}_size") and list(img.shape[:2]) != meta[f"{role}_size"]:
                         raise ValueError(f"{suffix} decodes to {img.shape[0]}x{img.shape[1]}, the json says "
                                          f"{meta[f'{role}_size'][0]}x{meta[f'{role}_size'][1]}")
                     if meta.get(f"{role}_pixels") and pixel_digest(img) != meta[f"{role}_pixels"]:
                         raise ValueError(f"{suffix}: the decoded pixels differ from the source's (pixel hash)")
+                if tuple(v * scale for v in shapes["lq"]) != tuple(shapes["hq"]):
+                    raise ValueError(f"size mismatch: LQ {shapes['lq'][0]}x{shapes['lq'][1]}, HQ "
+                                     f"{shapes['hq'][0]}x{shapes['hq'][1]}, scale {scale}")
                 decoded += 1
             except (DecodeError, ValueError) as e:
                 bad[rid] = f"cannot decode: {e}" if isinstance(e, DecodeError) else str(e)
@@ -582,7 +590,7 @@ def _verify_task(args):
 
 
 def verify(target: str | None, urls: str | None = None, decode: int | None = None, jobs: int = 0, seed: int = 0,
-           log=print) -> int:
+           log=print, scale: int | None = None) -> int:
     """Verify the shards of a manifest (file or folder holding ``*-manifest.json``) or of ``urls``. Shard names
     in a manifest are only ever files next to it (never commands or other places); ``pipe:`` is honoured in
     ``urls`` only, which the user wrote."""
@@ -603,9 +611,10 @@ def verify(target: str | None, urls: str | None = None, decode: int | None = Non
                 except ValueError as err:
                     log(f"FAIL {err}")
                     return 1
-                tasks.append((str(mpath.parent / name), e, decode, seed, True, False))
+                opts = m.get("options") if isinstance(m.get("options"), dict) else {}
+                tasks.append((str(mpath.parent / name), e, decode, seed, True, False, scale or int(opts.get("scale") or 1)))
     for u in expand_urls(urls) if urls else []:
-        tasks.append((u, None, decode, seed, True, True))
+        tasks.append((u, None, decode, seed, True, True, scale or 1))
     if not tasks:
         log("nothing to verify")
         return 2
@@ -673,6 +682,7 @@ def _build_parser() -> argparse.ArgumentParser:
     v.add_argument("--decode", type=int, default=None, metavar="N",
                    help="fast mode: decode only N random samples per shard (default: every sample)")
     v.add_argument("--fast", action="store_true", help="check hashes and members, decode nothing (= --decode 0)")
+    v.add_argument("--scale", type=int, default=None, help="HQ size = LQ size x scale (default: the manifest's, or 1)")
     v.add_argument("--jobs", type=int, default=0)
     v.add_argument("--seed", type=int, default=0)
     return p
@@ -707,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.manifest and not a.urls:
             print("ggt-ir shards verify: give a manifest (or its folder) or --urls", file=sys.stderr)
             return 2
-        return verify(a.manifest, a.urls, decode=0 if a.fast else a.decode, jobs=a.jobs, seed=a.seed)
+        return verify(a.manifest, a.urls, decode=0 if a.fast else a.decode, jobs=a.jobs, seed=a.seed, scale=a.scale)
     report, root, source = _collect(a)
     print(f"pairing: {report.summary()}")
     for note in report.notes[:20]:

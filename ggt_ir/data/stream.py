@@ -590,14 +590,13 @@ class _Reader:
                             return
             # the end of an exact pass: drain the buffer; a partial last batch only in evaluation
             rng_buf.shuffle(buf)
-            for t in buf:
-                batch.append(t)
+            while buf:
+                batch.append(buf.pop(0))
                 if len(batch) == B:
                     out = complete(batch)
                     batch = []
                     if out is not None:
                         yield out
-            buf = []
             if batch and not self.train and state["live"]:
                 yield self.assemble(batch, content, buf, seg, j_first + state["emitted"], first)
                 state["emitted"] += 1

@@ -1,0 +1,226 @@
+"""Kill a real training process with SIGKILL at random moments, resume it, and compare its final weights with an
+uninterrupted run (used by tests/test_resume_kill.py; ``python tests/kill_resume.py --trials N`` is the soak).
+
+A run is ``python train.py -opt X.yml --resume latest`` (or ``accelerate launch`` with 2 CPU processes), killed
+with ``SIGKILL`` sent to its whole process group (the launcher, the ranks and their data workers) once the log
+shows a random iteration, plus a random delay, so kills land anywhere: in start-up, mid-iteration, in a
+checkpoint write, between the checkpoint and the weight export. It is started again until it finishes.
+Weights are compared in the final checkpoint folder (``model.safetensors`` + the EMA), which is written
+atomically; the exports under ``models/`` are checked separately (see ``lost_exports``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import tiny_options  # noqa: E402
+
+ITER_RE = re.compile(r"iter:\s+(\d+)")
+
+
+def options(kind: str, demo_root: Path, shards: Path | None, exp_root: Path, name: str, total: int = 8,
+            workers: int = 2) -> dict:
+    """A tiny run of one data path: paired, synthetic, shards (resampled stream) or shards-exact."""
+    opt = tiny_options(demo_root, exp_root, name=name, train__total_iter=total, val__val_freq=total,
+                       logger__save_checkpoint_freq=2, logger__keep_last=0)
+    train = {"batch_size_per_gpu": 2, "num_worker_per_gpu": workers}
+    if kind == "paired":
+        train.update(type="PairedFolder", dataroot=str(demo_root), split="train", gt_size=16)
+    elif kind == "synthetic":
+        train.update(type="SyntheticDegradation", dataroot=str(demo_root), split="train", gt_size=16)
+    elif kind in ("shards", "shards-exact"):
+        train.update(type="GGTShards", urls=str(shards / "ggt-demo-train-{000000..000005}.tar"), gt_size=16,
+                     crops_per_image=2, shuffle_buffer=8, resampled=kind == "shards")
+    else:
+        raise ValueError(kind)
+    opt["datasets"]["train"] = train
+    opt["datasets"]["val"]["categories"] = ["rain"]  # one image: validation is not what is tested here
+    return opt
+
+
+def write(path: Path, opt: dict) -> Path:
+    path.write_text(yaml.safe_dump(opt))
+    return path
+
+
+def command(opt_path: Path, procs: int, resume: bool) -> list[str]:
+    args = [str(ROOT / "train.py"), "-opt", str(opt_path)] + (["--resume", "latest"] if resume else [])
+    if procs == 1:
+        return [sys.executable, *args]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu", "--num_processes",
+            str(procs), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "--main_process_port", str(port), *args]
+
+
+def environment() -> dict:
+    return dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1",
+                ACCELERATE_USE_CPU="true")
+
+
+def _iteration(run_dir: Path, old_logs: set) -> int:
+    """The last iteration that this start's training log shows (0 before its first line)."""
+    logs = sorted((p for p in run_dir.glob("train_*.log") if p not in old_logs), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return 0
+    found = ITER_RE.findall(logs[-1].read_text(errors="replace"))
+    return int(found[-1]) if found else 0
+
+
+def _last_checkpoint(run_dir: Path) -> int:
+    its = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("checkpoint-*")
+           if (m := re.match(r"checkpoint-(\d+)$", p.name))]
+    return max(its, default=0)
+
+
+def run_to_end(opt_path: Path, procs: int, out: Path, resume: bool = False, timeout: float = 600) -> None:
+    with open(out, "a") as f:
+        p = subprocess.run(command(opt_path, procs, resume), cwd=ROOT, env=environment(), stdout=f,
+                           stderr=subprocess.STDOUT, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"training failed (exit {p.returncode}); output in {out}:\n{out.read_text()[-3000:]}")
+
+
+def run_with_kills(opt_path: Path, run_dir: Path, procs: int, kills: int, rng: random.Random, out: Path,
+                   total: int, timeout: float = 900) -> dict:
+    """Start, SIGKILL at a random moment, restart with ``--resume latest``; ``kills`` times, then to the end."""
+    done, killed_at, starts = 0, [], 0
+    t_end = time.time() + timeout
+    while True:
+        starts += 1
+        old_logs = set(run_dir.glob("train_*.log"))
+        with open(out, "a") as f:
+            f.write(f"\n===== start {starts}\n")
+            f.flush()
+            proc = subprocess.Popen(command(opt_path, procs, True), cwd=ROOT, env=environment(), stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        if done < kills:
+            if rng.random() < 0.2:  # in start-up (imports, building the model, loading the checkpoint)
+                deadline = time.time() + rng.uniform(0.5, 6.0)
+                while proc.poll() is None and time.time() < deadline:
+                    time.sleep(0.02)
+            else:  # once this start's log shows a random iteration after its checkpoint, plus a random delay
+                target = rng.randint(_last_checkpoint(run_dir) + 1, total)
+                while proc.poll() is None and time.time() < t_end and _iteration(run_dir, old_logs) < target:
+                    time.sleep(0.02)
+                time.sleep(rng.uniform(0.0, 0.6))
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                done += 1
+                killed_at.append(_iteration(run_dir, old_logs))
+                continue
+        rc = proc.wait(timeout=max(1.0, t_end - time.time()))
+        if rc != 0:
+            raise RuntimeError(f"training failed (exit {rc}); output in {out}:\n{out.read_text()[-3000:]}")
+        if json.loads((run_dir / "results.json").read_text()).get("iter") == total:
+            return {"kills": done, "resumes": starts - 1, "killed_at_log_iter": killed_at}
+
+
+def final_state(run_dir: Path, total: int) -> dict:
+    """Weights (``params.*``) and EMA (``ema.*``) in the checkpoint of the last iteration."""
+    ck = run_dir / "checkpoints" / f"checkpoint-{total}"
+    state = {f"params.{k}": v for k, v in load_file(str(ck / "model.safetensors")).items()}
+    for p in sorted(ck.glob("custom_checkpoint_*.pkl")):
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            state.update({f"ema.{k}": v for k, v in obj.items()})
+    return state
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def lost_exports(run_dir: Path, total: int, freq: int = 2) -> list[int]:
+    """Iterations with a checkpoint whose weight export ``models/net_g_<iter>`` is missing."""
+    return [it for it in range(freq, total + 1, freq) if not (run_dir / "models" / f"net_g_{it}.safetensors").is_file()]
+
+
+def stale_latest(run_dir: Path, total: int) -> bool:
+    """Does ``models/net_g_latest`` differ from the final checkpoint's weights?"""
+    latest = run_dir / "models" / "net_g_latest.safetensors"
+    if not latest.is_file():
+        return True
+    sd = {k: v for k, v in load_file(str(latest)).items() if k.startswith("params.")}
+    ref = {k: v for k, v in final_state(run_dir, total).items() if k.startswith("params.")}
+    return sd.keys() != ref.keys() or max_diff(sd, ref) > 0
+
+
+def trial(kind: str, procs: int, kills: int, seed: int, work: Path, demo_root: Path, shards: Path,
+          total: int = 8) -> dict:
+    """One uninterrupted run and one killed-and-resumed run of the same options; their final difference."""
+    rng = random.Random(seed)
+    res = {"kind": kind, "procs": procs}
+    for label in ("straight", "killed"):
+        opt = options(kind, demo_root, shards, work / "exp", f"{kind}_{procs}p_{seed}_{label}", total)
+        opt["manual_seed"] = seed
+        path = write(work / f"{kind}_{procs}p_{seed}_{label}.yml", opt)
+        run_dir = work / "exp" / opt["name"]
+        out = work / f"{opt['name']}.out"
+        if label == "straight":
+            run_to_end(path, procs, out)
+        else:
+            res.update(run_with_kills(path, run_dir, procs, kills, rng, out, total))
+        res[label] = run_dir
+    res["max_diff"] = max_diff(final_state(res["straight"], total), final_state(res["killed"], total))
+    res["lost_exports"] = lost_exports(res["killed"], total)
+    res["stale_latest"] = stale_latest(res["killed"], total)
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="SIGKILL/resume soak: trials per data path, max weight difference")
+    p.add_argument("--work", default="/tmp/ggt_kill_soak")
+    p.add_argument("--trials", type=int, default=2)
+    p.add_argument("--kills", type=int, default=2)
+    p.add_argument("--total", type=int, default=8)
+    p.add_argument("--kinds", default="paired:1,synthetic:1,shards:1,shards-exact:1,shards:2,shards-exact:2")
+    a = p.parse_args(argv)
+    from ggt_ir.data.demo import build_demo, build_demo_shards
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    demo_root = build_demo(work / "demo", size=32, train_per_category=2, test_per_category=1)
+    shards = work / "shards"
+    build_demo_shards(demo_root, shards, per_shard=2)
+    rows = []
+    for spec in a.kinds.split(","):
+        kind, procs = spec.split(":")
+        for t in range(a.trials):
+            r = trial(kind, int(procs), a.kills, 1000 + t, work, demo_root, shards, a.total)
+            rows.append(r)
+            print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()}), flush=True)
+    print("\n| data path | processes | trials | kills | resumes | max weight difference | lost exports | stale net_g_latest |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["kind"], r["procs"]), []).append(r)
+    for (kind, procs), rs in groups.items():
+        print(f"| {kind} | {procs} | {len(rs)} | {sum(r['kills'] for r in rs)} | {sum(r['resumes'] for r in rs)} | "
+              f"{max(r['max_diff'] for r in rs):.2e} | {sum(len(r['lost_exports']) for r in rs)} | "
+              f"{sum(bool(r['stale_latest']) for r in rs)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
