@@ -52,9 +52,9 @@ ENCODINGS = {
     "copy": "the original bytes (default)",
     "png": "PNG, zlib level --png-compression",
     "png-fast": "PNG stored without compression or filters: any PNG reader, ~4x faster to decode, raw-pixel size",
-    "qoi": "QOI: ~5x faster to decode than PNG at about PNG's size (8-bit; 16-bit images are stored as PNG)",
+    "qoi": "QOI: ~5x faster to decode than PNG at about PNG's size (8-bit: 16-bit images are stored as PNG)",
     "raw": "uncompressed binary PPM: the fastest to decode, 3 (or 6) bytes a pixel",
-    "webp": "lossless WebP: the smallest, slow to decode",
+    "webp": "lossless WebP: the smallest, slow to decode (8-bit: 16-bit images are stored as PNG)",
     "jpeg": "JPEG --jpeg-quality (lossy)",
 }
 ENCODING_ALIASES = {"original": "copy"}
@@ -215,7 +215,7 @@ def _encode(arr, fmt: str, cfg: BuildConfig) -> tuple[bytes, str]:
             raise ValueError(f"OpenCV cannot encode {ext}")
         return buf.tobytes()
 
-    if fmt == "png" or (fmt == "qoi" and arr.dtype != np.uint8):
+    if fmt == "png" or (fmt in ("qoi", "webp") and arr.dtype != np.uint8):  # (8-bit formats: 16-bit stays lossless)
         return cv(".png", [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression]), "png"
     if fmt == "png-fast":
         return cv(".png", [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]), "png"
