@@ -34,11 +34,14 @@ from helpers import tiny_options  # noqa: E402
 ITER_RE = re.compile(r"iter:\s+(\d+)")
 
 
+FREQ = 3  # checkpoint every 3 iterations: kills land between checkpoints, resumes go back up to 2 iterations
+
+
 def options(kind: str, demo_root: Path, shards: Path | None, exp_root: Path, name: str, total: int = 8,
-            workers: int = 2) -> dict:
+            workers: int = 2, freq: int = FREQ) -> dict:
     """A tiny run of one data path: paired, synthetic, shards (resampled stream) or shards-exact."""
     opt = tiny_options(demo_root, exp_root, name=name, train__total_iter=total, val__val_freq=total,
-                       logger__save_checkpoint_freq=2, logger__keep_last=0)
+                       logger__save_checkpoint_freq=freq, logger__keep_last=0)
     train = {"batch_size_per_gpu": 2, "num_worker_per_gpu": workers}
     if kind == "paired":
         train.update(type="PairedFolder", dataroot=str(demo_root), split="train", gt_size=16)
@@ -113,15 +116,16 @@ def run_with_kills(opt_path: Path, run_dir: Path, procs: int, kills: int, rng: r
             proc = subprocess.Popen(command(opt_path, procs, True), cwd=ROOT, env=environment(), stdout=f,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         if done < kills:
-            if rng.random() < 0.2:  # in start-up (imports, building the model, loading the checkpoint)
+            first = _last_checkpoint(run_dir) + 1
+            if rng.random() < 0.2 or first > total - 1:  # in start-up (imports, building the model, loading)
                 deadline = time.time() + rng.uniform(0.5, 6.0)
                 while proc.poll() is None and time.time() < deadline:
                     time.sleep(0.02)
             else:  # once this start's log shows a random iteration after its checkpoint, plus a random delay
-                target = rng.randint(_last_checkpoint(run_dir) + 1, total)
+                target = rng.randint(first, total - 1)
                 while proc.poll() is None and time.time() < t_end and _iteration(run_dir, old_logs) < target:
-                    time.sleep(0.02)
-                time.sleep(rng.uniform(0.0, 0.6))
+                    time.sleep(0.003)
+                time.sleep(rng.uniform(0.0, 0.05))  # (an iteration of these tiny runs takes ~10-30 ms)
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
@@ -151,9 +155,10 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
 
 
-def lost_exports(run_dir: Path, total: int, freq: int = 2) -> list[int]:
+def lost_exports(run_dir: Path, total: int, freq: int = FREQ) -> list[int]:
     """Iterations with a checkpoint whose weight export ``models/net_g_<iter>`` is missing."""
-    return [it for it in range(freq, total + 1, freq) if not (run_dir / "models" / f"net_g_{it}.safetensors").is_file()]
+    its = sorted(set(range(freq, total + 1, freq)) | {total})
+    return [it for it in its if not (run_dir / "models" / f"net_g_{it}.safetensors").is_file()]
 
 
 def stale_latest(run_dir: Path, total: int) -> bool:
@@ -167,7 +172,7 @@ def stale_latest(run_dir: Path, total: int) -> bool:
 
 
 def trial(kind: str, procs: int, kills: int, seed: int, work: Path, demo_root: Path, shards: Path,
-          total: int = 8) -> dict:
+          total: int = 20) -> dict:
     """One uninterrupted run and one killed-and-resumed run of the same options; their final difference."""
     rng = random.Random(seed)
     res = {"kind": kind, "procs": procs}
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="/tmp/ggt_kill_soak")
     p.add_argument("--trials", type=int, default=2)
     p.add_argument("--kills", type=int, default=2)
-    p.add_argument("--total", type=int, default=8)
+    p.add_argument("--total", type=int, default=20)
     p.add_argument("--kinds", default="paired:1,synthetic:1,shards:1,shards-exact:1,shards:2,shards-exact:2")
     a = p.parse_args(argv)
     from ggt_ir.data.demo import build_demo, build_demo_shards

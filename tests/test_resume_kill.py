@@ -21,11 +21,11 @@ def kill_data(demo_root, tmp_path_factory):
 
 def _check(r: dict, kills: int) -> None:
     where = f"seed {r['seed']}, kills at log iterations {r['killed_at_log_iter']}, runs in {r['killed']}"
-    assert r["kills"] == kills and r["resumes"] >= kills, where
+    assert 1 <= r["kills"] <= kills and r["resumes"] >= r["kills"], where  # (a start may finish before its kill)
     assert r["max_diff"] <= 1e-6, f"{r['kind']} ({r['procs']} process(es)): resumed weights differ by {r['max_diff']}; {where}"
 
 
-def _trial(kind, procs, kills, kill_data, tmp_path, total=6):
+def _trial(kind, procs, kills, kill_data, tmp_path, total=12):
     seed = int.from_bytes(os.urandom(2), "little")
     r = trial(kind, procs, kills, seed, tmp_path, *kill_data, total=total)
     r["seed"] = seed
@@ -40,4 +40,47 @@ def test_sigkill_and_resume_on_shards_gives_the_uninterrupted_weights(kill_data,
 @pytest.mark.parametrize("kind,procs", [("paired", 1), ("synthetic", 1), ("shards", 1), ("shards-exact", 1),
                                         ("shards", 2), ("shards-exact", 2), ("paired", 2)])
 def test_several_sigkills_on_every_data_path(kind, procs, kill_data, tmp_path):
-    _check(_trial(kind, procs, 2, kill_data, tmp_path, total=8), 2)
+    _check(_trial(kind, procs, 2, kill_data, tmp_path, total=20), 2)
+
+
+_KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+import ggt_ir.train.trainer as T
+original = T.save_checkpoint
+def save_then_die(acc, root, it, keep):
+    path = original(acc, root, it, keep)
+    if it == int(os.environ["KILL_AT"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # the checkpoint folder is complete; the export is not written yet
+    return path
+T.save_checkpoint = save_then_die
+from ggt_ir.train.cli import run_and_exit
+sys.argv = ["train.py", "-opt", sys.argv[1], "--resume", "latest"]
+run_and_exit()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 10 item 2 (trainer): the export of a checkpoint killed before its "
+                                       "export is never written; remove this mark when the trainer regenerates it")
+@pytest.mark.parametrize("kill_at", [4, 6])  # a checkpoint in the middle, and the last one
+def test_a_kill_between_checkpoint_and_export_loses_no_export(kill_at, kill_data, tmp_path):
+    import subprocess
+    import sys
+
+    from kill_resume import command, environment, final_state, max_diff, options, write
+    from safetensors.torch import load_file
+
+    demo_root, shards = kill_data
+    opt = options("paired", demo_root, shards, tmp_path / "exp", "export_loss", total=6, workers=0, freq=2)
+    path = write(tmp_path / "export_loss.yml", opt)
+    env = dict(environment(), KILL_AT=str(kill_at))
+    p = subprocess.run([sys.executable, "-c", _KILL_AFTER_CHECKPOINT, str(path)], env=env, capture_output=True)
+    assert p.returncode == -9  # killed by SIGKILL
+    run = tmp_path / "exp" / "export_loss"
+    assert (run / "checkpoints" / f"checkpoint-{kill_at}").is_dir()
+    assert subprocess.run(command(path, 1, True), env=environment(), capture_output=True).returncode == 0
+    missing = [it for it in (2, 4, 6) if not (run / "models" / f"net_g_{it}.safetensors").is_file()]
+    latest = {k: v for k, v in load_file(str(run / "models" / "net_g_latest.safetensors")).items()
+              if k.startswith("params.")}
+    final = {k: v for k, v in final_state(run, 6).items() if k.startswith("params.")}
+    assert not missing and max_diff(latest, final) == 0, f"lost exports {missing}"

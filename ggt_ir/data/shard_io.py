@@ -518,7 +518,10 @@ def manifest_entries(urls: list[str], manifest: str | None = None, allow_pipe: b
             if e is not None:
                 break
         if e is not None and "samples" in e:
-            e = dict(e, samples=int(e["samples"]))
+            try:
+                e = dict(e, samples=int(e["samples"]))
+            except (TypeError, ValueError):
+                e = {k: v for k, v in e.items() if k != "samples"}  # a count we cannot read: unknown
         out.append(e)
     return out
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from ggt_ir.config import OptionsError
-from ggt_ir.data.shard_format import META_SUFFIX, decode_categories, image_members
+from ggt_ir.data.shard_format import CATEGORY_CODE_CHARS, META_SUFFIX, decode_categories, image_members
 from ggt_ir.data.shard_io import (DecodeError, TarSample, decode_image, expand_urls, image_ext, local_path,
                                   manifest_entries, manifest_shard_url, open_shard, read_json_url, scan_local_tar)
 from ggt_ir.data.transforms import check_pair_size, paired_flip_rot, paired_random_crop
@@ -109,12 +109,25 @@ def _manifest_urls(manifest: str, split: str | None) -> tuple[list[str], list[di
         raise OptionsError(str(e)) from None
 
 
+def _count(entry: dict | None) -> int | None:
+    """A manifest entry's sample count, None when there is none (or it is not a number)."""
+    try:
+        return int(entry["samples"]) if entry and "samples" in entry else None
+    except (TypeError, ValueError):
+        return None
+
+
 def _codes(entry: dict | None, count: int | None):
-    """(category table, codes) from a manifest entry whose ``category_codes`` match its count, else None."""
+    """(category table, codes) from a manifest entry whose ``category_codes`` fit its count and categories,
+    else None (then the json members say)."""
     if not entry or count is None or not isinstance(entry.get("category_codes"), str):
         return None
-    table, codes = sorted(entry.get("categories") or {}), entry["category_codes"]
-    return (table, codes) if len(codes) == count else None
+    if not isinstance(entry.get("categories"), dict):
+        return None
+    table, codes = sorted(entry["categories"]), entry["category_codes"]
+    if len(codes) != count or any(CATEGORY_CODE_CHARS.find(ch) not in range(len(table)) for ch in set(codes)):
+        return None
+    return table, codes
 
 
 class _ShardOrder:
@@ -226,6 +239,7 @@ class _Cursor:
         self.n, self.k = 0, 0  # samples in the current shard, next ordinal
         self.cats: list | None = None
         self.live = False
+        self._told, self._last_key = False, None  # (live: the truncation warning of the current shard)
         self._tar = None  # live: iterator of TarSample
         self._shard_reader = None
 
@@ -841,7 +855,7 @@ class GGTShardsDataset:
                 allow_pipe = False
             if not urls:
                 raise OptionsError(f"dataset '{opts.name}': source {i} has no shards ({s.urls or s.manifest})")
-            counts = [int(e["samples"]) if e and "samples" in e else None for e in entries]
+            counts = [_count(e) for e in entries]
             codes = [_codes(e, n) for e, n in zip(entries, counts)]
             cat_counts = [e.get("categories") if e and isinstance(e.get("categories"), dict) else None
                           for e in entries]
