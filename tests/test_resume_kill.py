@@ -32,6 +32,32 @@ def _trial(kind, procs, kills, kill_data, tmp_path, total=12):
     return r
 
 
+@pytest.mark.parametrize("kind", ["paired", "synthetic", "shards", "shards-exact"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loaders_leave_the_global_generators_alone(kind, workers, kill_data, tmp_path):
+    """The trainer restores the global RNG states on resume and builds the loader after: building it and
+    drawing batches must not move them (a DataLoader without its own generator draws its base seed there)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from ggt_ir.config import load_options
+    from ggt_ir.data import DATASETS
+    from kill_resume import options, write
+
+    opt = options(kind, *kill_data, tmp_path / "exp", "rng", workers=workers)
+    ds_opts = load_options(write(tmp_path / "rng.yml", opt)).datasets["train"]
+    ds = DATASETS.get(ds_opts.type)(ds_opts)
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    it = ds.train_loader(seed=0, rank=0, world_size=1, start_iter=3)
+    for _ in range(3):
+        next(it)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+
+
 def test_sigkill_and_resume_on_shards_gives_the_uninterrupted_weights(kill_data, tmp_path):
     _check(_trial("shards", 1, 1, kill_data, tmp_path), 1)
 
