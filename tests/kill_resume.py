@@ -2,9 +2,10 @@
 uninterrupted run (used by tests/test_resume_kill.py; ``python tests/kill_resume.py --trials N`` is the soak).
 
 A run is ``python train.py -opt X.yml --resume latest`` (or ``accelerate launch`` with 2 CPU processes), killed
-with ``SIGKILL`` sent to its whole process group (the launcher, the ranks and their data workers) once the log
-shows a random iteration, plus a random delay, so kills land anywhere: in start-up, mid-iteration, in a
-checkpoint write, between the checkpoint and the weight export. It is started again until it finishes.
+with ``SIGKILL`` sent to its whole process tree (the launcher, the ranks, which torch starts in sessions of their
+own, and their data workers) once the log shows a random iteration, plus a random delay, or during start-up,
+so kills land anywhere: in start-up, mid-iteration, in a checkpoint write, between the checkpoint and the
+weight export. It is started again until it finishes.
 Weights are compared in the final checkpoint folder (``model.safetensors`` + the EMA), which is written
 atomically; the exports under ``models/`` are checked separately (see ``lost_exports``).
 """
@@ -94,6 +95,59 @@ def _last_checkpoint(run_dir: Path) -> int:
     return max(its, default=0)
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torch's launcher starts the ranks in sessions of their own, so killing the
+    launcher's process group is not enough)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a training start: the launcher, its ranks and their data workers. The tree is frozen first
+    (SIGSTOP, until no new process appears), so it dies at one moment and no child escapes to init."""
+    victims: list[int] = []
+    while True:
+        new = [p for p in [proc.pid] + _descendants(proc.pid) if p not in victims]
+        if not new:
+            break
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        victims += new
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(p) for p in victims[1:]):
+        time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def run_to_end(opt_path: Path, procs: int, out: Path, resume: bool = False, timeout: float = 600) -> None:
     with open(out, "a") as f:
         p = subprocess.run(command(opt_path, procs, resume), cwd=ROOT, env=environment(), stdout=f,
@@ -127,8 +181,7 @@ def run_with_kills(opt_path: Path, run_dir: Path, procs: int, kills: int, rng: r
                     time.sleep(0.003)
                 time.sleep(rng.uniform(0.0, 0.05))  # (an iteration of these tiny runs takes ~10-30 ms)
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_tree(proc)
                 done += 1
                 killed_at.append(_iteration(run_dir, old_logs))
                 continue
