@@ -10,7 +10,10 @@ Compared, with the same images, the same number of DataLoader workers and batch 
 (b) our ``GGTShards`` stream over shards of the same PNG bytes, ``crops_per_image: 1``;
 (c) the same with ``crops_per_image: 4``;
 (d) the decode-only ceiling: decode both PNG images of each pair (bytes already in memory) with our decoder and
-    nothing else.
+    nothing else;
+(e) ``GGTShards``, ``crops_per_image: 1``, over shards re-encoded losslessly as QOI (``ggt-ir shards build
+    --encode qoi``), whose decoded pixels are checked to be bit-identical to the PNGs' (all 48 images);
+(f) the same over ``--encode raw`` shards (uncompressed PPM: no decoding work at all, 2.3x the bytes).
 
 Each pipeline runs twice (order a b c d d c b a) and the mean is reported, so a drifting load on a shared
 machine biases none of them.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import sys
@@ -71,6 +75,9 @@ def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
+ENCODED = {"copy": "shards", "qoi": "shards-qoi", "raw": "shards-raw"}
+
+
 def make_inputs() -> tuple[Path, Path]:
     folders = OUT / "pairs"
     shards = OUT / "shards"
@@ -88,7 +95,33 @@ def make_inputs() -> tuple[Path, Path]:
 
         assert shards_main(["build", str(folders), "--out", str(shards), "--name", "bench",
                             "--max-samples-per-shard", "4", "--no-progress"]) == 0
+    for enc, sub in ENCODED.items():
+        if enc != "copy" and not (OUT / sub / "bench-manifest.json").is_file():
+            from ggt_ir.data.shards import main as shards_main
+
+            assert shards_main(["build", str(folders), "--out", str(OUT / sub), "--name", "bench", "--encode", enc,
+                                "--max-samples-per-shard", "4", "--no-progress"]) == 0
     return folders, shards
+
+
+def same_pixels(folders: Path, shards: Path) -> int:
+    """Decode every image of the shards and of the PNG folders: the number of images whose pixels are
+    bit-identical (raises on the first difference)."""
+    from ggt_ir.data.shard_format import image_members, pixel_digest
+    from ggt_ir.data.shard_io import decode_image, image_ext, open_shard
+
+    n = 0
+    for tar in sorted(shards.glob("bench-train-*.tar")):
+        for s in open_shard(str(tar), retries=0).samples():
+            meta = json.loads(s.members["json"])
+            for role, suffix in zip(("lq", "hq"), image_members(s.members)):
+                src = folders / ("LQ" if role == "lq" else "GT") / Path(meta[f"{role}_path"]).name
+                a = decode_image(s.members[suffix], image_ext(suffix))
+                b = decode_image(src.read_bytes(), "png")
+                if pixel_digest(a) != pixel_digest(b):
+                    raise AssertionError(f"{tar}:{s.key}.{suffix} differs from {src}")
+                n += 1
+    return n
 
 
 # ----------------------------------------------------------------------------- the four pipelines
@@ -135,6 +168,7 @@ def basicsr_loader(folders: Path, workers: int, batch: int):
 
 
 def shards_loader(shards: Path, workers: int, batch: int, crops: int):
+    """GGTShards over one of the shard sets (its 6 shards of 4 pairs)."""
     from ggt_ir.data.stream import GGTShardsDataset
 
     o = GGTShardsDataset.Options(urls=str(shards / "bench-train-{000000..000005}.tar"), gt_size=256,
@@ -240,6 +274,11 @@ def main(argv=None) -> int:
     print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"torch {torch.__version__}, OpenCV {cv2.__version__}")
     folders, shards = make_inputs()
+    for enc, sub in ENCODED.items():
+        m = json.loads((OUT / sub / "bench-manifest.json").read_text())
+        size = sum(e["bytes"] for e in m["shards"]) / 2**20
+        ident = same_pixels(folders, OUT / sub)
+        print(f"shards --encode {enc:<4}: {size:7.1f} MiB, {ident} images decode bit-identical to the PNG sources")
     sizes = [f.stat().st_size for f in (folders / "GT").glob("*.png")] + \
             [f.stat().st_size for f in (folders / "LQ").glob("*.png")]
     print(f"inputs: 24 pairs of 1024x1024 PNG, {np.mean(sizes) / 2**20:.2f} MiB per image on average; "
@@ -254,13 +293,17 @@ def main(argv=None) -> int:
         "(b) GGTShards, crops_per_image 1": lambda: shards_loader(shards, a.workers, a.batch, 1),
         "(c) GGTShards, crops_per_image 4": lambda: shards_loader(shards, a.workers, a.batch, 4),
         "(d) decode only (ceiling)": lambda: decode_loader(folders, a.workers, a.batch),
+        "(e) GGTShards, crops_per_image 1, --encode qoi": lambda: shards_loader(OUT / ENCODED["qoi"], a.workers,
+                                                                               a.batch, 1),
+        "(f) GGTShards, crops_per_image 1, --encode raw": lambda: shards_loader(OUT / ENCODED["raw"], a.workers,
+                                                                               a.batch, 1),
     }
     # two rounds, the second in reverse order, so a drifting machine load biases no pipeline; mean of the two
     res: dict[str, list] = {name[:3]: [] for name in runs}
     order = list(runs) + list(reversed(runs))
     print(f"\n256x256 crops (rounds: {' '.join(n[:3] for n in order)}); CPU = all processes (main + workers), "
           f"steady state; 'uncontended' = {a.workers} workers / CPU per pair")
-    print(f"  {'':<46} {'pairs/s':>8} {'CPU ms/pair':>12} {'uncontended':>12}   rounds (pairs/s)")
+    print(f"  {'':<48} {'pairs/s':>8} {'CPU ms/pair':>12} {'uncontended':>12}   rounds (pairs/s)")
     for name in order:
         it, warm = runs[name]()
         res[name[:3]].append(measure(it, a.seconds / 2, a.batch, warm))
@@ -269,10 +312,11 @@ def main(argv=None) -> int:
     for name in runs:
         v = res[name[:3]]
         wall[name[:3]], cpu[name[:3]] = float(np.mean([x[0] for x in v])), float(np.mean([x[1] for x in v]))
-        print(f"  {name:<46} {wall[name[:3]]:8.1f} {cpu[name[:3]]:12.1f} {1000 * a.workers / cpu[name[:3]]:12.1f}"
+        print(f"  {name:<48} {wall[name[:3]]:8.1f} {cpu[name[:3]]:12.1f} {1000 * a.workers / cpu[name[:3]]:12.1f}"
               f"   {', '.join(f'{x[0]:.1f}' for x in v)}")
     print("\nratios               wall clock   from CPU per pair   target")
-    for x, y, target in (("(b)", "(a)", ">= 1.0"), ("(c)", "(a)", ">= 3.0"), ("(b)", "(d)", ">= 0.8")):
+    for x, y, target in (("(b)", "(a)", ">= 1.0"), ("(c)", "(a)", ">= 3.0"), ("(b)", "(d)", ">= 0.8"),
+                         ("(e)", "(a)", ">= 2.0"), ("(f)", "(a)", "")):
         print(f"  {x}/{y}          {wall[x] / wall[y]:10.2f}   {cpu[y] / cpu[x]:17.2f}   {target}")
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

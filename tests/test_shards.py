@@ -12,8 +12,7 @@ from shard_fixtures import image, layout_a, layout_b, write
 
 
 def _members(tar_path):
-    stream, tf = open_shard(str(tar_path), retries=0)
-    return dict(iter_tar_samples(tf, stream, str(tar_path)))
+    return dict(iter_tar_samples(open_shard(str(tar_path), retries=0)))
 
 
 def _all_samples(out, name, split=None):
@@ -64,7 +63,8 @@ def test_build_manifest_counts_problems_and_original_bytes(tmp_path, capsys):
     assert mem["hq.png"] == (root / "train/Rain/GT/img1.png").read_bytes()
     meta = json.loads(mem["json"])
     assert meta["category"] == "rain" and meta["split"] == "train" and meta["lq_path"] == "train/Rain/LQ/img1.png"
-    assert meta["lq_size"] == meta["hq_size"] == [32, 32] and meta["encoding"] == "original"
+    assert meta["lq_size"] == meta["hq_size"] == [32, 32] and meta["encoding"] == "copy"  # (was "original")
+    assert m["encoding"] == "copy" and meta["lq_pixels"].startswith("sha256:")
 
     # verify: all good; then damage one shard
     assert shards_main(["verify", str(out), "--jobs", "1"]) == 0
@@ -162,20 +162,35 @@ def test_sidecar_prompts_and_metadata_tables(tmp_path):
     assert "prompt" not in json.loads(samples["train/snow/img0"]["json"])
 
 
-@pytest.mark.parametrize("encode", ["png", "webp"])
+@pytest.mark.parametrize("encode", ["copy", "png", "png-fast", "qoi", "raw", "webp"])
 def test_lossless_reencoding_keeps_pixels(tmp_path, encode):
+    import cv2
+
+    from ggt_ir.data.shard_format import pixel_digest
+
     write(tmp_path / "d/LQ/a.jpg", image(1))
     write(tmp_path / "d/GT/a.png", image(2))
+    deep = (image(3).astype(np.uint16) * 257 + 7)  # a 16-bit pair (QOI and WebP are 8-bit: it stays PNG)
+    (tmp_path / "d/LQ").mkdir(exist_ok=True)
+    cv2.imwrite(str(tmp_path / "d/LQ/b.png"), deep[..., ::-1].copy())
+    cv2.imwrite(str(tmp_path / "d/GT/b.png"), deep[..., ::-1].copy())
     out = tmp_path / "s"
     assert shards_main(["build", str(tmp_path / "d"), "--out", str(out), "--name", "e", "--encode", encode,
                         "--no-progress"]) == 0
-    _, samples = _all_samples(out, "e")
-    mem = samples["a"]
-    ext = {"png": "png", "webp": "webp"}[encode]
-    assert set(mem) == {f"lq.{ext}", f"hq.{ext}", "json"}
-    src = decode_image((tmp_path / "d/LQ/a.jpg").read_bytes(), "jpg")
-    np.testing.assert_array_equal(decode_image(mem[f"lq.{ext}"], ext), src)
-    assert json.loads(mem["json"])["encoding"] == encode
+    m, samples = _all_samples(out, "e")
+    assert m["encoding"] == encode and m["format_version"] == 2
+    ext = {"copy": None, "png": "png", "png-fast": "png", "qoi": "qoi", "raw": "ppm", "webp": "webp"}[encode]
+    for key, src_lq, src_hq in (("a", "d/LQ/a.jpg", "d/GT/a.png"), ("b", "d/LQ/b.png", "d/GT/b.png")):
+        mem, meta = samples[key], json.loads(samples[key]["json"])
+        assert meta["encoding"] == encode
+        for role, src in (("lq", src_lq), ("hq", src_hq)):
+            suffix = next(x for x in mem if x.startswith(role + "."))
+            if ext and not (key == "b" and encode in ("qoi", "webp")):
+                assert suffix == f"{role}.{ext}"
+            stored = decode_image(mem[suffix], suffix.rpartition(".")[2])
+            source = decode_image((tmp_path / src).read_bytes(), src.rpartition(".")[2])
+            assert stored.dtype == source.dtype and pixel_digest(stored) == pixel_digest(source) == meta[f"{role}_pixels"]
+    assert shards_main(["verify", str(out), "--jobs", "1"]) == 0  # it checks the pixel hashes too
 
 
 def test_shards_are_plain_webdataset(tmp_path):

@@ -99,16 +99,16 @@ def test_bad_samples_are_skipped_named_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ggt_ir.data.stream"):
         batches = list(_ds(urls=urls).eval_loader(batch_size=1, num_workers=0))
     assert sorted(k for b in batches for k in b["key"]) == ["a0", "a3", "b0", "b1"]
-    assert sum(b["skipped"] for b in batches) == 4  # a1 corrupt, a2 without hq, b2 + b3 cut off
+    assert sum(len(b["skipped"]) for b in batches) == 4  # a1 corrupt, a2 without hq, b2 + b3 cut off
     text = caplog.text
     assert "'a1'" in text and "x-train-000000.tar" in text and "cannot decode lq.png" in text
     assert "'a2'" in text and "no hq member" in text
     assert "x-train-000001.tar: truncated or corrupt" in text and "2 sample(s) skipped" in text
     # the same counts arrive through worker processes and the training stream
-    assert sum(b["skipped"] for b in _ds(urls=urls).eval_loader(batch_size=1, num_workers=2)) == 4
+    assert sum(len(b["skipped"]) for b in _ds(urls=urls).eval_loader(batch_size=1, num_workers=2)) == 4
     it = _ds(urls=urls, batch_size_per_gpu=1, shuffle_buffer=0).train_loader(0, 0, 1, 0)
     got = _take(it, 8)  # two passes
-    assert sum(b["skipped"] for b in got) >= 4 and {k for b in got for k in b["key"]} == {"a0", "a3", "b0", "b1"}
+    assert sum(len(b["skipped"]) for b in got) >= 4 and {k for b in got for k in b["key"]} == {"a0", "a3", "b0", "b1"}
 
 
 def test_unopenable_shard_is_an_error_after_retries(tmp_path):
@@ -122,20 +122,28 @@ def test_unopenable_shard_is_an_error_after_retries(tmp_path):
         Opt(urls=str(d / "y-train-{000001..000002}.tar")).check("opt.yml", "datasets.train")
 
 
-def test_resume_reseeds_and_does_not_replay(uniform_shards):
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(x["key"] == y["key"] and torch.equal(x["gt"], y["gt"]) and
+                                    torch.equal(x["lq"], y["lq"]) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(num_worker_per_gpu=2, shuffle_buffer=4),
+    dict(num_worker_per_gpu=0, shuffle_buffer=8, crops_per_image=2, category_weights={"snow": 1.5}),
+    dict(num_worker_per_gpu=2, shuffle_buffer=4, resampled=False),
+], ids=["resampled-2workers", "in-process-weights", "exact-passes"])
+def test_resume_continues_with_the_exact_next_batch(uniform_shards, kw):
     urls = str(uniform_shards / "u-train-{000000..000023}.tar")
-    kw = dict(urls=urls, num_worker_per_gpu=2, shuffle_buffer=4)
-    # 24 shards x 2 samples: both runs together stay within one pass over the shards
-    first = _take(_ds(**kw).train_loader(seed=7, rank=0, world_size=1, start_iter=0), 4)
-    served = {k for b in first for k in b["key"]}
-    resumed = _take(_ds(**kw).train_loader(seed=7, rank=0, world_size=1, start_iter=4), 4)
-    again = _take(_ds(**kw).train_loader(seed=7, rank=0, world_size=1, start_iter=4), 4)
-    assert first[0]["key"] != resumed[0]["key"]
-    assert not served & {k for b in resumed for k in b["key"]}  # nothing already served comes back
-    assert all(torch.equal(a["gt"], b["gt"]) and a["key"] == b["key"] for a, b in zip(resumed, again))
-    ds = _ds(**kw)
+    straight = _take(_ds(urls=urls, **kw).train_loader(seed=7, rank=0, world_size=1, start_iter=0), 33)
+    for start in (1, 4, 11, 25):  # 24 batches a pass: 25 is in the second pass
+        resumed = _take(_ds(urls=urls, **kw).train_loader(seed=7, rank=0, world_size=1, start_iter=start), 8)
+        assert _same(resumed, straight[start:start + 8]), f"resumed at {start}"
+    served = {k for b in straight[:4] for k in b["key"]}
+    if kw.get("resampled") is False:  # an exact pass: nothing served before comes back within the pass
+        assert not served & {k for b in straight[4:24] for k in b["key"]}
+    ds = _ds(urls=urls, **kw)
     ds.train_loader(seed=7, rank=0, world_size=1, start_iter=0)
-    assert ds.batches_per_epoch == 500  # one pass is 24 batches; epochs are at least 500
+    assert ds.batches_per_epoch == 24 * kw.get("crops_per_image", 1)  # the epoch in the log: one pass (48 samples)
 
 
 def test_crops_per_image_category_weights_and_prompts(uniform_shards):

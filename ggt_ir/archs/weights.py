@@ -1,6 +1,8 @@
 """Load generator weights from official releases and from our own exports.
 
-Accepted files: ``.pth``/``.pt``/``.ckpt`` (torch pickles) and ``.safetensors``. Accepted layouts:
+Accepted files: ``.safetensors`` and ``.pth``/``.pt``/``.ckpt`` (torch pickles, read with ``weights_only=True``:
+tensors, dicts, lists and numbers, never code; anything else is a clear error suggesting safetensors).
+Accepted layouts:
 BasicSR/KAIR ``{'params': sd}`` / ``{'params_ema': sd}``, ``{'state_dict': sd}`` (also Lightning,
 whose keys carry a ``net.`` or ``model.`` prefix), a bare state dict, DDP's ``module.`` prefix, and
 our safetensors export with ``params.<key>`` / ``params_ema.<key>``, and the ema-pytorch trainers' layout
@@ -42,7 +44,16 @@ def read_state_file(path: str | Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=False)
+    import pickle
+
+    try:  # never run code from a weights file: tensors, dicts, lists and numbers only
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        what = lines[0][:160] if lines else "not a plain tensor file"
+        raise ValueError(f"{path}: holds Python objects beyond tensors ({what}); ggt-ir loads weights without "
+                         "running code from them. Convert it once where you trust it to safetensors, e.g. "
+                         "safetensors.torch.save_file(state_dict, 'x.safetensors'), and load that") from None
 
 
 def _ema_pytorch(raw: dict) -> dict | None:

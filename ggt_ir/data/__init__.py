@@ -13,8 +13,9 @@ Contract of a dataset class (see ``paired_folder.py`` for the reference one):
 
 Samples and batches are dicts: ``lq``/``gt`` float tensors in [0, 1], CHW (BCHW in batches),
 and ``key``, ``category``, ``prompt`` strings (lists in batches). A training batch may also carry
-``skipped``: an int, samples its producing worker skipped (corrupt/missing members) since its previous
-batch (``GGTShards``); the trainer sums it into the training log. ``LQFolder`` samples have no ``gt``.
+``skipped``: ``{"<shard>:<key>": reason}``, the damaged samples its producing reader found since its previous
+batch, each once per pass (``GGTShards``); the trainer counts the distinct ones. ``LQFolder`` samples have no
+``gt``.
 """
 from ggt_ir.registry import Registry
 

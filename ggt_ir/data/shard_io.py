@@ -16,14 +16,15 @@ import tarfile
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from typing import IO, Iterable, Iterator
 
 import braceexpand
 import numpy as np
 
+from ggt_ir.data.shard_format import check_shard_name, manifest_candidates
+
 HF_ENDPOINT_DEFAULT = "https://huggingface.co"
-MANIFEST_SUFFIX = "-manifest.json"
-SHARD_NAME = re.compile(r"^(?P<name>.+)-(?P<split>[^-/]+)-(?P<index>\d{6})\.tar$")
 
 
 class ShardOpenError(OSError):
@@ -115,6 +116,10 @@ def hf_filesystem_path(url: str) -> str:
 
 
 # ----------------------------------------------------------------------------- opening
+class PipeRefused(ValueError):
+    """A ``pipe:`` URL that did not come from the user (a manifest, a folder listing): never run."""
+
+
 class _PipeReader(io.RawIOBase):
     """stdout of a shell command; ``close()`` raises when the command failed (exit status not 0/141)."""
 
@@ -143,12 +148,18 @@ class _PipeReader(io.RawIOBase):
             raise OSError(f"pipe:{self.cmd}: exit status {status}" + (f": {err[-500:]}" if err else ""))
 
 
-def open_url(url: str) -> IO[bytes]:
-    """Open one URL for reading (one attempt; see :func:`open_shard` for retries)."""
+def open_url(url: str, allow_pipe: bool = False) -> IO[bytes]:
+    """Open one URL for reading (one attempt; see :func:`open_shard` for retries).
+
+    ``pipe:<command>`` runs the command, so it is honoured only with ``allow_pipe=True``: for URLs the user
+    wrote (an option file, ``--set``, ``--urls``), never for names read from a manifest or a folder."""
     path = local_path(url)
     if path is not None:
         return open(path, "rb", buffering=1 << 20)
     if url.startswith("pipe:"):
+        if not allow_pipe:
+            raise PipeRefused(f"{url[:80]}: a pipe: URL runs a shell command; it is honoured only where you wrote "
+                              "it yourself (urls: in an option file, --set, --urls), not in a manifest or listing")
         return io.BufferedReader(_PipeReader(url[5:]), buffer_size=1 << 20)
     if parse_hf_url(url) is not None:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -162,22 +173,257 @@ def open_url(url: str) -> IO[bytes]:
     raise ValueError(f"{url}: unsupported URL scheme (use a path, file://, pipe:, http(s)://, or hf://)")
 
 
-def open_shard(url: str, retries: int = 3, delay: float = 1.0) -> tuple[IO[bytes], tarfile.TarFile]:
-    """Open a shard and read its first header: ``(stream, tarfile)``. Retries ``retries`` times with
-    exponential back-off, then raises :class:`ShardOpenError` (a shard that cannot be opened is an error)."""
+# ----------------------------------------------------------------------------- reading tars
+BLOCK = 512
+_MAGIC_AT, _MAGICS = 257, (b"ustar\x0000", b"ustar  \x00")
+
+
+@dataclass
+class TarSample:
+    """One sample: its member suffixes in tar order (the value is ``None`` for members not read), its position
+    in the shard, and what went wrong with the tar structure while reading it (None: nothing)."""
+
+    key: str
+    members: dict
+    ordinal: int
+    problem: str | None = None
+    cut: bool = False  # the data ended inside this sample
+
+
+class TarReader:
+    """A small streaming tar reader (ustar, GNU long names, pax) for shards, more forgiving than ``tarfile``'s
+    stream mode where it matters here:
+
+    * a damaged header in the middle (checksum mismatch) costs only the member(s) it hid: the reader scans
+      forward to the next valid header and goes on (``tarfile`` stops reading the shard there);
+    * data that ends early yields the sample being read, marked ``cut``, and sets ``truncated``;
+    * members the caller does not want (``want(key, suffix)`` false) are skipped with a seek where the stream
+      can seek, so a pass over the json members of a local shard reads a few KB per sample.
+
+    Samples are the members of consecutive equal keys (webdataset's rule: the key ends at the first dot
+    of the file name; names starting with ``__`` and folders are ignored).
+    """
+
+    def __init__(self, stream: IO[bytes], url: str, want=None):
+        self.stream, self.url, self.want = stream, url, want
+        self.offset = 0
+        self.truncated: str | None = None  # why the data ended early (inside a header or a member)
+        self.damaged: list[str] = []  # damaged stretches skipped
+        self.end_marker = False  # the end-of-archive block was seen
+        self._first: bytes | None = None
+        self._size = None
+        try:
+            if stream.seekable():
+                self._size = os.fstat(stream.fileno()).st_size
+        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+            self._size = None
+
+    # -- low level
+    def _read(self, n: int) -> bytes:
+        chunks, left = [], n
+        while left > 0:
+            b = self.stream.read(left)
+            if not b:
+                break
+            chunks.append(b)
+            left -= len(b)
+        data = b"".join(chunks)
+        self.offset += len(data)
+        return data
+
+    def _skip(self, n: int) -> bool:
+        """Skip n bytes; False when the data ends first."""
+        if self._size is not None:
+            if self.offset + n > self._size:
+                self.stream.seek(0, 2)
+                self.offset = self._size
+                return False
+            self.stream.seek(n, 1)
+            self.offset += n
+            return True
+        while n > 0:
+            b = self._read(min(n, 1 << 20))
+            if not b:
+                return False
+            n -= len(b)
+        return True
+
+    def check_start(self) -> None:
+        """Read the first block and check that it starts a tar (raises ValueError otherwise)."""
+        first = self._read(BLOCK)
+        if len(first) < BLOCK:
+            raise ValueError(f"not a tar file ({len(first)} bytes)")
+        if first != b"\0" * BLOCK and self._parse(first) is None:
+            raise ValueError("not a tar file (no valid tar header at the start)")
+        self._first = first
+
+    def _header_block(self) -> bytes:
+        if self._first is not None:
+            b, self._first = self._first, None
+            return b
+        return self._read(BLOCK)
+
+    @staticmethod
+    def _parse(block: bytes):
+        try:
+            return tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            return None
+
+    def _resync(self, bad_at: int):
+        """After a damaged header at ``bad_at``: the next block that is a valid header, or None at the end."""
+        while True:
+            block = self._read(BLOCK)
+            if len(block) < BLOCK:
+                self.damaged.append(f"damaged tar header at byte {bad_at} and no valid header after it")
+                return None
+            if block[_MAGIC_AT:_MAGIC_AT + 8] in _MAGICS and (ti := self._parse(block)) is not None:
+                self.damaged.append(f"damaged tar header at byte {bad_at} ({self.offset - BLOCK - bad_at} bytes "
+                                    "skipped to the next valid header)")
+                return ti
+
+    def members(self):
+        """Yield ``(name, data, complete, note)`` per regular member: ``data`` is None for unwanted members;
+        ``complete`` is False for the member the data ended in; ``note`` names a damaged stretch skipped just
+        before the member."""
+        long_name, pax, note = None, {}, None
+        while True:
+            at = self.offset
+            block = self._header_block()
+            if not block:
+                return  # (no end-of-archive block: end_marker stays False)
+            if len(block) < BLOCK:
+                self.truncated = f"the tar data ends inside a header at byte {at}"
+                return
+            if block == b"\0" * BLOCK:
+                self.end_marker = True
+                return
+            ti = self._parse(block)
+            if ti is None:
+                ti = self._resync(at)
+                if ti is None:
+                    self.truncated = self.damaged[-1]
+                    return
+                note, long_name, pax = self.damaged[-1], None, {}
+            if ti.type in (tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE, tarfile.XGLTYPE):
+                data = self._read(_padded(ti.size))
+                if len(data) < ti.size:
+                    self.truncated = f"the tar data ends inside a header at byte {at}"
+                    return
+                if ti.type == tarfile.GNUTYPE_LONGNAME:
+                    long_name = data[: ti.size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+                elif ti.type == tarfile.XHDTYPE:
+                    pax = _pax_records(data[: ti.size])
+                continue
+            name = pax.get("path") or long_name or ti.name
+            size = int(pax["size"]) if "size" in pax else ti.size
+            long_name, pax = None, {}
+            km = split_member_name(name) if ti.isreg() else None
+            if km is not None and (self.want is None or self.want(*km)):
+                data = self._read(_padded(size))
+                if len(data) < size:
+                    self.truncated = f"the tar data ends inside member {name} ({len(data)} of {size} bytes)"
+                    yield name, None, False, note
+                    return
+                yield name, data[:size], True, note
+            else:
+                if not self._skip(_padded(size)):
+                    self.truncated = f"the tar data ends inside member {name}"
+                    if km is not None:
+                        yield name, None, False, note
+                    return
+                if km is not None:
+                    yield name, None, True, note
+            note = None
+
+    def samples(self) -> Iterator[TarSample]:
+        """Group members into samples, in tar order; close the stream at the end."""
+        cur: TarSample | None = None
+        n = 0
+        try:
+            try:
+                for name, data, complete, note in self.members():
+                    k, suffix = split_member_name(name)
+                    if cur is None or k != cur.key:
+                        if cur is not None:
+                            yield cur
+                            n += 1
+                        cur = TarSample(k, {}, n)
+                    if note and cur.problem is None:
+                        cur.problem = note
+                    if complete:
+                        cur.members[suffix] = data
+                    else:
+                        cur.cut, cur.problem = True, self.truncated
+            except OSError as e:  # a network stream that breaks off
+                self.truncated = f"reading failed: {type(e).__name__}: {e}"
+                if cur is not None:
+                    cur.cut, cur.problem = True, self.truncated
+            self.close()
+            if cur is not None:
+                if self.truncated and not cur.cut and not self.end_marker:
+                    cur.problem = cur.problem or self.truncated  # e.g. a pipe: command failed after it
+                yield cur
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if getattr(self.stream, "closed", False):
+            return
+        try:
+            self.stream.close()
+        except OSError as e:  # a pipe: command that failed after writing (part of) the shard
+            if self.truncated is None:
+                self.truncated = str(e)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _padded(n: int) -> int:
+    return (n + BLOCK - 1) // BLOCK * BLOCK
+
+
+def _pax_records(data: bytes) -> dict:
+    out, pos = {}, 0
+    while pos < len(data):
+        sp = data.find(b" ", pos)
+        if sp < 0:
+            break
+        try:
+            length = int(data[pos:sp])
+        except ValueError:
+            break
+        if length <= 0:
+            break
+        rec = data[sp + 1 : pos + length - 1]
+        k, _, v = rec.partition(b"=")
+        out[k.decode("utf-8", "replace")] = v.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def open_shard(url: str, retries: int = 3, delay: float = 1.0, allow_pipe: bool = False,
+               want=None) -> TarReader:
+    """Open a shard and check its first header: a :class:`TarReader`. Retries ``retries`` times with
+    exponential back-off, then raises :class:`ShardOpenError` (a shard that cannot be opened is an error).
+    A refused ``pipe:`` URL is an error at once."""
     last: BaseException | None = None
     for attempt in range(retries + 1):
         stream = None
         try:
-            stream = open_url(url)
-            return stream, tarfile.open(fileobj=stream, mode="r|*", bufsize=1 << 20)  # 1 MiB reads, not 10 KiB
+            stream = open_url(url, allow_pipe=allow_pipe)
+            reader = TarReader(stream, url, want)
+            reader.check_start()
+            return reader
+        except PipeRefused:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure to open counts, reported below
             last = e
             if stream is not None:
                 try:
                     stream.close()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception as e2:  # noqa: BLE001
+                    last = e2 if isinstance(e, (ValueError, tarfile.HeaderError)) else last
             if attempt < retries:
                 time.sleep(delay * (2**attempt))
     raise ShardOpenError(f"cannot open shard {url} after {retries + 1} attempt(s): {type(last).__name__}: {last}")
@@ -193,45 +439,17 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return (f"{d}/{k}" if d else k), suffix.lower()
 
 
-def iter_tar_samples(tf: tarfile.TarFile, stream: IO[bytes], url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(tar_key, {suffix: bytes})`` per sample, in tar order. Raises :class:`ShardTruncated` when the
-    data ends early or is corrupt (the sample being read then is not yielded) and closes the stream."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    last_done: str | None = None
-    try:
-        try:
-            for ti in tf:
-                if not ti.isreg():
-                    continue
-                km = split_member_name(ti.name)
-                if km is None:
-                    continue
-                k, suffix = km
-                f = tf.extractfile(ti)
-                data = f.read() if f is not None else b""
-                if len(data) != ti.size:
-                    raise tarfile.ReadError(f"member {ti.name} is {len(data)} of {ti.size} bytes")
-                if k != key:
-                    if key is not None:
-                        yield key, members
-                        last_done = key
-                    key, members = k, {}
-                members[suffix] = data
-                tf.members = []  # streaming: don't keep every TarInfo
-        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-            raise ShardTruncated(url, last_done, e) from e
-        if key is not None:
-            yield key, members
-        try:
-            stream.close()
-        except OSError as e:  # a pipe: command that failed after writing (part of) the shard
-            raise ShardTruncated(url, key, e) from e
-    finally:
-        try:
-            stream.close()
-        except Exception:  # noqa: BLE001
-            pass
+def iter_tar_samples(reader: TarReader, url: str | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Yield ``(tar_key, {suffix: bytes})`` per sample, in tar order; raises :class:`ShardTruncated` at the end
+    when the data ended early (the sample the data ended in is not yielded)."""
+    last: str | None = None
+    for s in reader.samples():
+        if s.cut:
+            break
+        yield s.key, s.members
+        last = s.key
+    if reader.truncated:
+        raise ShardTruncated(url or reader.url, last, OSError(reader.truncated))
 
 
 def scan_local_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
@@ -254,52 +472,74 @@ def scan_local_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
 
 
 # ----------------------------------------------------------------------------- manifests
-def manifest_candidates(url: str) -> list[str]:
-    """Where the manifest of a shard would be: ``<dir>/<name>-manifest.json``, then ``<dir>/manifest.json``."""
-    if url.startswith("pipe:"):
-        return []
-    base, _, fname = url.rpartition("/")
-    m = SHARD_NAME.match(fname)
-    prefix = f"{base}/" if base else ""
-    out = [f"{prefix}{m['name']}{MANIFEST_SUFFIX}"] if m else []
-    return out + [f"{prefix}manifest.json"]
-
-
-def read_json_url(url: str) -> dict | None:
+def read_json_url(url: str, allow_pipe: bool = False) -> dict | None:
     try:
-        with open_url(url) as f:
+        with open_url(url, allow_pipe=allow_pipe) as f:
             return json.loads(f.read().decode("utf-8"))
     except Exception:  # noqa: BLE001 - a missing manifest is normal for hand-made shards
         return None
 
 
-def shard_counts_from_manifests(urls: list[str], manifest: str | None = None) -> list[int | None]:
+def manifest_shard_url(manifest_url: str, name) -> str:
+    """The URL of a shard a manifest names: always the file ``name`` next to the manifest (checked to be a
+    plain file name, so a manifest cannot make us run a command or read elsewhere)."""
+    check_shard_name(name, manifest_url)
+    if manifest_url.startswith("pipe:"):
+        raise ValueError(f"{manifest_url}: a manifest read through pipe: cannot say where its shards are; "
+                         "give the shards as urls:")
+    base = manifest_url.rpartition("/")[0]
+    return f"{base}/{name}" if base else name
+
+
+def shard_counts_from_manifests(urls: list[str], manifest: str | None = None,
+                                allow_pipe: bool = False) -> list[int | None]:
     """Samples per shard (None where unknown) from the manifest(s) next to the shards, or from ``manifest``."""
-    loaded: dict[str, dict | None] = {}
+    return [e.get("samples") if e else None for e in manifest_entries(urls, manifest, allow_pipe)]
 
-    def entries(murl: str) -> dict[str, int]:
+
+def manifest_entries(urls: list[str], manifest: str | None = None, allow_pipe: bool = False) -> list[dict | None]:
+    """The manifest entry of every shard (None where there is none), from ``manifest`` or the manifests next to
+    the shards."""
+    loaded: dict[str, dict] = {}
+
+    def entries(murl: str) -> dict[str, dict]:
         if murl not in loaded:
-            loaded[murl] = read_json_url(murl)
-        m = loaded[murl]
-        if not m or "shards" not in m:
-            return {}
-        return {s["name"]: int(s["samples"]) for s in m["shards"] if "samples" in s}
+            m = read_json_url(murl, allow_pipe=allow_pipe and murl == manifest)
+            loaded[murl] = {s["name"]: s for s in m["shards"] if isinstance(s, dict) and "name" in s} \
+                if isinstance(m, dict) and isinstance(m.get("shards"), list) else {}
+        return loaded[murl]
 
-    out: list[int | None] = []
+    out: list[dict | None] = []
     for u in urls:
         name = u.rpartition("/")[2]
-        cands = [manifest] if manifest else manifest_candidates(u)
-        n = None
-        for c in cands:
-            n = entries(c).get(name)
-            if n is not None:
+        e = None
+        for c in ([manifest] if manifest else manifest_candidates(u)):
+            e = entries(c).get(name)
+            if e is not None:
                 break
-        out.append(n)
+        if e is not None and "samples" in e:
+            try:
+                e = dict(e, samples=int(e["samples"]))
+            except (TypeError, ValueError):
+                e = {k: v for k, v in e.items() if k != "samples"}  # a count we cannot read: unknown
+        out.append(e)
     return out
 
 
 # ----------------------------------------------------------------------------- decoding
 _TV_EXTS = {"png", "jpg", "jpeg", "webp"}
+
+
+def _decode_qoi(data: bytes) -> np.ndarray:
+    try:
+        import qoi
+    except ImportError:  # pragma: no cover - a pinned dependency
+        raise DecodeError("a .qoi member needs the 'qoi' package (pip install qoi)") from None
+    try:
+        img = qoi.decode(data)
+    except (RuntimeError, ValueError) as e:
+        raise DecodeError(f"QOI: {str(e).splitlines()[0][:200]}") from None
+    return img[..., :3] if img.shape[2] == 4 else img
 
 
 def image_ext(suffix: str) -> str:
@@ -318,6 +558,8 @@ def decode_image(data: bytes, ext: str = "", decoder: str = "cv2") -> np.ndarray
     if not data:
         raise DecodeError("empty member")
     ext = ext.lower()
+    if ext == "qoi":  # ggt-ir shards build --encode qoi
+        return _decode_qoi(data)
     if decoder == "torchvision" and (ext in _TV_EXTS or not ext):
         import torch
         from torchvision.io import ImageReadMode

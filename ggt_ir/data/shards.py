@@ -8,7 +8,7 @@ Build (docs/data.md has the full story)::
     ggt-ir shards build --pairs-file pairs.csv --out shards
 
 Each sample is ``<key>.lq.<ext>``, ``<key>.hq.<ext>`` (the original bytes unless ``--encode``) and
-``<key>.json`` (key, category, split, source paths, sizes, prompt and metadata when present). Shards are
+``<key>.json`` (key, category, split, source paths, sizes, pixel hashes, prompt and metadata when present). Shards are
 ``<name>-<split>-NNNNNN.tar`` (so ``<name>-train-{000000..000123}.tar`` addresses them) of about
 ``--shard-size`` bytes. ``<name>-manifest.json`` lists the shards with samples, bytes and sha256 each,
 counts per split and category and the tool version; ``<name>-problems.tsv`` lists every unpaired,
@@ -16,7 +16,7 @@ unreadable or mismatched file. A rerun skips finished shards after checking them
 
 Verify::
 
-    ggt-ir shards verify /data/shards/ggt100k-manifest.json      # re-hash every shard, decode samples
+    ggt-ir shards verify /data/shards/ggt100k-manifest.json      # re-hash every shard, decode every sample
     ggt-ir shards verify --urls '/data/shards/x-train-{000000..000009}.tar'   # shards without a manifest
 """
 from __future__ import annotations
@@ -39,13 +39,25 @@ from pathlib import Path
 
 from ggt_ir.data.pairing import (Pair, PairingReport, find_pairs, pairs_from_globs, pairs_from_list,
                                  pairs_from_two_folders)
-from ggt_ir.data.shard_io import (MANIFEST_SUFFIX, DecodeError, ShardTruncated, decode_image, expand_urls,
-                                  image_ext, iter_tar_samples, open_shard)
+from ggt_ir.data.shard_format import (FORMAT, FORMAT_VERSION, MANIFEST_SUFFIX, META_SUFFIX, SHARD_LAYOUT_VERSION,
+                                      check_shard_name, encode_categories, image_members, manifest_file_name,
+                                      member_names, pixel_digest, problems_file_name, shard_file_name)
+from ggt_ir.data.shard_io import DecodeError, decode_image, expand_urls, image_ext, local_path, open_shard
 from ggt_ir.utils.fs import atomic_write_json, sha256_file
 
-FORMAT = "ggt-ir-shards"
-FORMAT_VERSION = 1
 _EXT_NORMAL = {"jpeg": "jpg", "tiff": "tif"}
+# --encode: how the images are stored. All but jpeg are lossless (the decoded pixels hash the same as the
+# source's, recorded in each sample's json); the fast ones trade disk for decode time (docs/data.md, section 8)
+ENCODINGS = {
+    "copy": "the original bytes (default)",
+    "png": "PNG, zlib level --png-compression",
+    "png-fast": "PNG stored without compression or filters: any PNG reader, ~4x faster to decode, raw-pixel size",
+    "qoi": "QOI: ~5x faster to decode than PNG at about PNG's size (8-bit: 16-bit images are stored as PNG)",
+    "raw": "uncompressed binary PPM: the fastest to decode, 3 (or 6) bytes a pixel",
+    "webp": "lossless WebP: the smallest, slow to decode (8-bit: 16-bit images are stored as PNG)",
+    "jpeg": "JPEG --jpeg-quality (lossy)",
+}
+ENCODING_ALIASES = {"original": "copy"}
 
 
 def tool_version() -> str:
@@ -80,7 +92,7 @@ class BuildConfig:
     name: str = "ggt100k"
     shard_size: int = 1_000_000_000
     max_samples_per_shard: int = 0  # 0: no limit
-    encode: str = "original"  # original | png | webp (lossless) | jpeg
+    encode: str = "copy"  # a key of ENCODINGS
     jpeg_quality: int = 95
     png_compression: int = 3
     check: str = "decode"  # decode | header | none
@@ -144,15 +156,15 @@ def plan_shards(pairs: list[Pair], cfg: BuildConfig, root: Path | None) -> list[
             full = (cfg.max_samples_per_shard and len(current) >= cfg.max_samples_per_shard) or (
                 current and size + est > cfg.shard_size)
             if full:
-                specs.append(ShardSpec(f"{cfg.name}-{split}-{len(specs_of(specs, split)):06d}.tar", split, current))
+                specs.append(ShardSpec(shard_file_name(cfg.name, split, len(specs_of(specs, split))), split, current))
                 current, size = [], 1024
             current.append(d)
             size += est
         if current:
-            specs.append(ShardSpec(f"{cfg.name}-{split}-{len(specs_of(specs, split)):06d}.tar", split, current))
+            specs.append(ShardSpec(shard_file_name(cfg.name, split, len(specs_of(specs, split))), split, current))
     recipe = {k: getattr(cfg, k) for k in ("encode", "jpeg_quality", "png_compression", "check", "scale")}
     for s in specs:
-        h = hashlib.sha256(json.dumps([recipe, FORMAT_VERSION, s.pairs], sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps([recipe, SHARD_LAYOUT_VERSION, s.pairs], sort_keys=True).encode())
         s.fingerprint = h.hexdigest()[:32]
     return specs
 
@@ -191,22 +203,35 @@ def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _encode(arr, fmt: str, cfg: BuildConfig) -> tuple[bytes, str]:
+    """Re-encode a decoded RGB image: (bytes, extension)."""
     import cv2
     import numpy as np
 
     bgr = np.ascontiguousarray(arr[..., ::-1])
-    if fmt == "png":
-        ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression])
-        return buf.tobytes(), "png"
+
+    def cv(ext: str, params: list) -> bytes:
+        ok, buf = cv2.imencode(ext, bgr, params)
+        if not ok:
+            raise ValueError(f"OpenCV cannot encode {ext}")
+        return buf.tobytes()
+
+    if fmt == "png" or (fmt in ("qoi", "webp") and arr.dtype != np.uint8):  # (8-bit formats: 16-bit stays lossless)
+        return cv(".png", [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression]), "png"
+    if fmt == "png-fast":
+        return cv(".png", [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]), "png"
+    if fmt == "qoi":
+        import qoi
+
+        return bytes(qoi.encode(np.ascontiguousarray(arr))), "qoi"
+    if fmt == "raw":
+        return cv(".ppm", [cv2.IMWRITE_PXM_BINARY, 1]), "ppm"
     if bgr.dtype != np.uint8:  # WebP/JPEG are 8-bit
         bgr = (bgr / 257.0).round().astype(np.uint8)
     if fmt == "webp":
-        ok, buf = cv2.imencode(".webp", bgr, [cv2.IMWRITE_WEBP_QUALITY, 101])  # >100: lossless
-        return buf.tobytes(), "webp"
+        return cv(".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), "webp"  # >100: lossless
     if fmt == "jpeg":
-        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-        return buf.tobytes(), "jpg"
-    raise ValueError(f"unknown encoding {fmt!r}")
+        return cv(".jpg", [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality]), "jpg"
+    raise ValueError(f"unknown encoding {fmt!r}; one of {', '.join(ENCODINGS)}")
 
 
 def _image_size(data: bytes, ext: str, check: str):
@@ -242,6 +267,7 @@ def build_one_shard(spec: ShardSpec, cfg: BuildConfig) -> dict:
     out = Path(cfg.out)
     final, tmp = out / spec.name, out / (spec.name + f".tmp{os.getpid()}")
     dropped, categories, written = [], Counter(), 0
+    order: list[str] = []  # the category of every sample, in tar order (the manifest's category_codes)
     used_keys: set[str] = set()
     with open(tmp, "wb") as raw:
         hw = _HashingWriter(raw)
@@ -249,13 +275,15 @@ def build_one_shard(spec: ShardSpec, cfg: BuildConfig) -> dict:
             for d in spec.pairs:
                 try:
                     problem = None
-                    blobs, sizes, fmts = {}, {}, {}
+                    blobs, sizes, fmts, digests = {}, {}, {}, {}
                     for role in ("lq", "hq"):
                         path = Path(d[role])
                         data = path.read_bytes()
                         ext = _EXT_NORMAL.get(path.suffix.lower().lstrip("."), path.suffix.lower().lstrip("."))
-                        need_decode = cfg.encode != "original"
+                        need_decode = cfg.encode != "copy"
                         arr, size = _image_size(data, ext, "decode" if need_decode else cfg.check)
+                        if arr is not None and cfg.encode != "jpeg":
+                            digests[role] = pixel_digest(arr)  # of the source: verify checks the stored image
                         if need_decode:
                             data, ext = _encode(arr, cfg.encode, cfg)
                         blobs[role], sizes[role], fmts[role] = data, size, ext
@@ -275,14 +303,18 @@ def build_one_shard(spec: ShardSpec, cfg: BuildConfig) -> dict:
                             "lq_path": d["lq_rel"], "hq_path": d["hq_rel"], "lq_size": sizes["lq"],
                             "hq_size": sizes["hq"], "lq_format": fmts["lq"], "hq_format": fmts["hq"],
                             "encoding": cfg.encode if cfg.encode != "jpeg" else f"jpeg{cfg.jpeg_quality}"}
+                    for role, digest in digests.items():
+                        meta[f"{role}_pixels"] = digest
                     if d.get("prompt"):
                         meta["prompt"] = d["prompt"]
                     if d.get("meta"):
                         meta["meta"] = d["meta"]
-                    _add(tf, f"{tk}.lq.{fmts['lq']}", blobs["lq"])
-                    _add(tf, f"{tk}.hq.{fmts['hq']}", blobs["hq"])
-                    _add(tf, f"{tk}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
+                    lq_name, hq_name, json_name = member_names(tk, fmts["lq"], fmts["hq"])
+                    _add(tf, lq_name, blobs["lq"])
+                    _add(tf, hq_name, blobs["hq"])
+                    _add(tf, json_name, json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
                     categories[d["category"]] += 1
+                    order.append(d["category"])
                     written += 1
                 if _progress is not None:
                     with _progress.get_lock():
@@ -290,9 +322,13 @@ def build_one_shard(spec: ShardSpec, cfg: BuildConfig) -> dict:
         raw.flush()
         os.fsync(raw.fileno())
     os.replace(tmp, final)
-    return {"name": spec.name, "split": spec.split, "samples": written, "bytes": hw.n,
-            "sha256": hw.h.hexdigest(), "categories": dict(sorted(categories.items())),
-            "fingerprint": spec.fingerprint, "dropped": dropped}
+    entry = {"name": spec.name, "split": spec.split, "samples": written, "bytes": hw.n,
+             "sha256": hw.h.hexdigest(), "categories": dict(sorted(categories.items())),
+             "fingerprint": spec.fingerprint, "dropped": dropped}
+    codes = encode_categories(order, sorted(categories))
+    if codes is not None:
+        entry["category_codes"] = codes  # lets a resumed stream replay category_weights without reading shards
+    return entry
 
 
 def _check_existing(spec: ShardSpec, entry: dict | None, cfg: BuildConfig) -> dict | None:
@@ -334,10 +370,13 @@ def build_shards(report: PairingReport, cfg: BuildConfig, root: Path | None = No
                  split_filter: str | None = None, categories: list[str] | None = None,
                  log=print) -> dict:
     """Write the shards of ``report.pairs``; return the manifest (also written to ``<out>/<name>-manifest.json``)."""
+    cfg.encode = ENCODING_ALIASES.get(cfg.encode, cfg.encode)
+    if cfg.encode not in ENCODINGS:
+        raise ValueError(f"unknown encoding {cfg.encode!r}; one of {', '.join(ENCODINGS)}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / f"{cfg.name}{MANIFEST_SUFFIX}"
-    problems_path = out / f"{cfg.name}-problems.tsv"
+    manifest_path = out / manifest_file_name(cfg.name)
+    problems_path = out / problems_file_name(cfg.name)
     pairs = []
     n_default_split = 0
     for p in report.pairs:
@@ -371,7 +410,7 @@ def build_shards(report: PairingReport, cfg: BuildConfig, root: Path | None = No
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tool": "ggt-ir", "tool_version": tool_version(),
         "name": cfg.name, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "complete": False, "source": cfg.source,
+        "complete": False, "source": cfg.source, "encoding": cfg.encode,
         "options": {k: v for k, v in asdict(cfg).items() if k not in ("out", "jobs", "progress", "overwrite",
                                                                      "source")},
         "shards": [], "urls": {}, "counts": {}, "problems": {},
@@ -469,59 +508,92 @@ def _reason_kind(why: str) -> str:
 
 
 # ----------------------------------------------------------------------------- verify
-def verify_shard(url: str, entry: dict | None, decode: int, seed: int, check_hash: bool = True) -> dict:
-    """Re-hash (local shards with a manifest entry), count samples, decode ``decode`` random samples."""
-    from ggt_ir.data.shard_io import local_path
-
+def verify_shard(url: str, entry: dict | None, decode: int | None = None, seed: int = 0, check_hash: bool = True,
+                 allow_pipe: bool = False, scale: int = 1) -> dict:
+    """Check one shard: sha256 against the manifest entry (local shards), every sample's members, and (all
+    samples by default, ``decode`` random ones per shard in the fast mode) that its images decode to the sizes
+    and pixel hashes its json records, with HQ = LQ x ``scale``. Returns ``{"url", "errors", "bad": {"<shard>:<key>": reason}, ...}``:
+    every damaged sample once, with the reason."""
     errors: list[str] = []
+    bad: dict[str, str] = {}
     path = local_path(url)
     if check_hash and entry and path:
         if not Path(path).is_file():
-            return {"url": url, "errors": ["file missing"], "samples": 0}
+            return {"url": url, "errors": ["file missing"], "bad": {}, "samples": 0, "decoded": 0}
         digest = sha256_file(Path(path))
         if digest != entry.get("sha256"):
             errors.append(f"sha256 {digest[:12]}... differs from the manifest's {str(entry.get('sha256'))[:12]}...")
     samples, decoded = 0, 0
-    rng = random.Random(f"{seed}:{url}")
     n_expected = entry.get("samples") if entry else None
-    # decode `decode` random samples (the first ones when the count is unknown)
-    want = set(rng.sample(range(n_expected), min(decode, n_expected))) if n_expected else set(range(decode))
+    if decode is None:
+        want = None  # all
+    else:
+        rng = random.Random(f"{seed}:{url}")
+        want = set(rng.sample(range(n_expected), min(decode, n_expected))) if n_expected else set(range(decode))
     try:
-        stream, tf = open_shard(url, retries=0)
-        for i, (k, members) in enumerate(iter_tar_samples(tf, stream, url)):
+        reader = open_shard(url, retries=0, allow_pipe=allow_pipe)
+        for s in reader.samples():
             samples += 1
-            lq = next((s for s in members if s.startswith("lq.")), None)
-            hq = next((s for s in members if s.startswith(("hq.", "gt."))), None)
-            if lq is None or hq is None or "json" not in members:
-                errors.append(f"sample {k}: members {sorted(members)} (need lq.*, hq.*, json)")
-                continue
-            if i in want:
+            meta: dict = {}
+            if s.members.get(META_SUFFIX) is not None:
                 try:
-                    meta = json.loads(members["json"])
-                    a, b = decode_image(members[lq], image_ext(lq)), decode_image(members[hq], image_ext(hq))
-                    if meta.get("lq_size") and list(a.shape[:2]) != meta["lq_size"]:
-                        errors.append(f"sample {k}: LQ decodes to {a.shape[:2]}, json says {meta['lq_size']}")
-                    if meta.get("hq_size") and list(b.shape[:2]) != meta["hq_size"]:
-                        errors.append(f"sample {k}: HQ decodes to {b.shape[:2]}, json says {meta['hq_size']}")
-                    decoded += 1
-                except (DecodeError, ValueError) as e:
-                    errors.append(f"sample {k}: cannot decode: {e}")
-    except ShardTruncated as e:
-        errors.append(str(e))
+                    meta = json.loads(s.members[META_SUFFIX])
+                except ValueError:
+                    meta = None
+            rid = f"{url}:{(meta or {}).get('key') or s.key}"
+            if s.cut:
+                bad[rid] = s.problem or "the tar data ends inside this sample"
+                continue
+            lq, hq = image_members(s.members)
+            if lq is None or hq is None or META_SUFFIX not in s.members:
+                bad[rid] = (f"members {sorted(s.members)} (need lq.*, hq.*, json)"
+                            + (f"; {s.problem}" if s.problem else ""))
+                continue
+            if meta is None:
+                bad[rid] = "unreadable json member"
+                continue
+            if not s.members[lq] or not s.members[hq]:
+                bad[rid] = f"empty member {lq if not s.members[lq] else hq}"
+                continue
+            if want is not None and s.ordinal not in want:
+                continue
+            try:
+                shapes = {}
+                for role, suffix in (("lq", lq), ("hq", hq)):
+                    img = decode_image(s.members[suffix], image_ext(suffix))
+                    shapes[role] = img.shape[:2]
+                    if meta.get(f"{role}_size") and list(img.shape[:2]) != meta[f"{role}_size"]:
+                        raise ValueError(f"{suffix} decodes to {img.shape[0]}x{img.shape[1]}, the json says "
+                                         f"{meta[f'{role}_size'][0]}x{meta[f'{role}_size'][1]}")
+                    if meta.get(f"{role}_pixels") and pixel_digest(img) != meta[f"{role}_pixels"]:
+                        raise ValueError(f"{suffix}: the decoded pixels differ from the source's (pixel hash)")
+                if tuple(v * scale for v in shapes["lq"]) != tuple(shapes["hq"]):
+                    raise ValueError(f"size mismatch: LQ {shapes['lq'][0]}x{shapes['lq'][1]}, HQ "
+                                     f"{shapes['hq'][0]}x{shapes['hq'][1]}, scale {scale}")
+                decoded += 1
+            except (DecodeError, ValueError) as e:
+                bad[rid] = f"cannot decode: {e}" if isinstance(e, DecodeError) else str(e)
+        if reader.truncated:
+            errors.append(f"truncated: {reader.truncated}")
+        errors += reader.damaged
     except OSError as e:
         errors.append(str(e))
-    if entry and "samples" in entry and samples != entry["samples"]:
-        errors.append(f"{samples} samples, the manifest says {entry['samples']}")
-    return {"url": url, "errors": errors, "samples": samples, "decoded": decoded}
+    if n_expected is not None and samples != n_expected:
+        errors.append(f"{samples} samples, the manifest says {n_expected}")
+        for k in range(samples, n_expected):
+            bad[f"{url}:#{k}"] = f"missing: the shard has {samples} samples, the manifest says {n_expected}"
+    return {"url": url, "errors": errors, "bad": bad, "samples": samples, "decoded": decoded}
 
 
 def _verify_task(args):
     return verify_shard(*args)
 
 
-def verify(target: str | None, urls: str | None = None, decode: int = 4, jobs: int = 0, seed: int = 0,
-           log=print) -> int:
-    """Verify the shards of a manifest (file or folder holding ``*-manifest.json``) or of ``urls``."""
+def verify(target: str | None, urls: str | None = None, decode: int | None = None, jobs: int = 0, seed: int = 0,
+           log=print, scale: int | None = None) -> int:
+    """Verify the shards of a manifest (file or folder holding ``*-manifest.json``) or of ``urls``. Shard names
+    in a manifest are only ever files next to it (never commands or other places); ``pipe:`` is honoured in
+    ``urls`` only, which the user wrote."""
     tasks = []
     if target:
         t = Path(target)
@@ -534,9 +606,15 @@ def verify(target: str | None, urls: str | None = None, decode: int = 4, jobs: i
             if not m.get("complete"):
                 log(f"warning: {mpath} is from an unfinished build (rerun `ggt-ir shards build` to finish it)")
             for e in m.get("shards", []):
-                tasks.append((str(mpath.parent / e["name"]), e, decode, seed))
+                try:
+                    name = check_shard_name(e.get("name") if isinstance(e, dict) else e, str(mpath))
+                except ValueError as err:
+                    log(f"FAIL {err}")
+                    return 1
+                opts = m.get("options") if isinstance(m.get("options"), dict) else {}
+                tasks.append((str(mpath.parent / name), e, decode, seed, True, False, scale or int(opts.get("scale") or 1)))
     for u in expand_urls(urls) if urls else []:
-        tasks.append((u, None, decode, seed))
+        tasks.append((u, None, decode, seed, True, True, scale or 1))
     if not tasks:
         log("nothing to verify")
         return 2
@@ -547,13 +625,16 @@ def verify(target: str | None, urls: str | None = None, decode: int = 4, jobs: i
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
         with ctx.Pool(jobs) as pool:
             results = pool.map(_verify_task, tasks)
-    bad = [r for r in results if r["errors"]]
+    failed = [r for r in results if r["errors"] or r["bad"]]
+    bad = {k: v for r in results for k, v in r["bad"].items()}
     for r in results:
-        status = "OK  " if not r["errors"] else "FAIL"
+        status = "OK  " if not (r["errors"] or r["bad"]) else "FAIL"
+        lines = r["errors"][:10] + [f"damaged sample {k.rpartition(':')[2]}: {v}" for k, v in list(r["bad"].items())[:50]]
         log(f"{status} {r['url']}: {r['samples']} samples, {r.get('decoded', 0)} decoded"
-            + "".join(f"\n       {e}" for e in r["errors"][:10]))
-    log(f"{len(results) - len(bad)} of {len(results)} shard(s) OK, {sum(r['samples'] for r in results)} samples")
-    return 1 if bad else 0
+            + "".join(f"\n       {x}" for x in lines))
+    log(f"{len(results) - len(failed)} of {len(results)} shard(s) OK, {sum(r['samples'] for r in results)} samples, "
+        f"{sum(r.get('decoded', 0) for r in results)} decoded, {len(bad)} damaged sample(s)")
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -581,8 +662,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sh = b.add_argument_group("shards")
     sh.add_argument("--shard-size", default="1GB", help="target shard size (default 1GB; e.g. 500MB, 2GiB)")
     sh.add_argument("--max-samples-per-shard", type=int, default=0, help="also cap samples per shard (0: none)")
-    sh.add_argument("--encode", choices=("original", "png", "webp", "jpeg"), default="original",
-                    help="store the original bytes (default) or re-encode: png / webp (both lossless) / jpeg")
+    sh.add_argument("--encode", choices=(*ENCODINGS, *ENCODING_ALIASES), default="copy",
+                    help="how images are stored: " + "; ".join(f"{k}: {v}" for k, v in ENCODINGS.items()))
     sh.add_argument("--jpeg-quality", type=int, default=95)
     sh.add_argument("--png-compression", type=int, default=3, help="0-9 (with --encode png)")
     sh.add_argument("--check", choices=("decode", "header", "none"), default="decode",
@@ -595,10 +676,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--overwrite", action="store_true", help="rebuild every shard, even finished ones")
     sh.add_argument("--no-progress", action="store_true")
 
-    v = sub.add_parser("verify", help="re-hash shards against their manifest and decode samples")
+    v = sub.add_parser("verify", help="re-hash shards against their manifest and decode every sample")
     v.add_argument("manifest", nargs="?", help="a *-manifest.json, or a folder holding them")
     v.add_argument("--urls", help="verify these shards instead (brace patterns; no manifest needed)")
-    v.add_argument("--decode", type=int, default=4, help="samples decoded per shard (default 4)")
+    v.add_argument("--decode", type=int, default=None, metavar="N",
+                   help="fast mode: decode only N random samples per shard (default: every sample)")
+    v.add_argument("--fast", action="store_true", help="check hashes and members, decode nothing (= --decode 0)")
+    v.add_argument("--scale", type=int, default=None, help="HQ size = LQ size x scale (default: the manifest's, or 1)")
     v.add_argument("--jobs", type=int, default=0)
     v.add_argument("--seed", type=int, default=0)
     return p
@@ -633,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.manifest and not a.urls:
             print("ggt-ir shards verify: give a manifest (or its folder) or --urls", file=sys.stderr)
             return 2
-        return verify(a.manifest, a.urls, decode=a.decode, jobs=a.jobs, seed=a.seed)
+        return verify(a.manifest, a.urls, decode=0 if a.fast else a.decode, jobs=a.jobs, seed=a.seed, scale=a.scale)
     report, root, source = _collect(a)
     print(f"pairing: {report.summary()}")
     for note in report.notes[:20]:
@@ -645,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {path}: {why}", file=sys.stderr)
         return 1
     cfg = BuildConfig(out=a.out, name=a.name, shard_size=parse_size(a.shard_size),
-                      max_samples_per_shard=a.max_samples_per_shard, encode=a.encode, jpeg_quality=a.jpeg_quality,
+                      max_samples_per_shard=a.max_samples_per_shard,
+                      encode=ENCODING_ALIASES.get(a.encode, a.encode), jpeg_quality=a.jpeg_quality,
                       png_compression=a.png_compression, check=a.check, scale=a.scale, shuffle=not a.no_shuffle,
                       seed=a.seed, jobs=a.jobs, progress=not a.no_progress, overwrite=a.overwrite, source=source)
     cats = [c.strip() for c in a.categories.split(",")] if a.categories else None

@@ -293,9 +293,12 @@ class SyntheticDegradationDataset(torch.utils.data.Dataset):
     def train_loader(self, seed: int, rank: int, world_size: int, start_iter: int) -> Iterator[dict]:
         sampler = ResumableBatchSampler(len(self), self.opts.batch_size_per_gpu, seed=seed, rank=rank,
                                         world_size=world_size, start=start_iter)
+        self.batches_per_epoch = sampler.batches_per_epoch  # shown as the epoch in the training log
         workers = self.opts.num_worker_per_gpu
         return iter(torch.utils.data.DataLoader(
             self, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
             pin_memory=self.opts.pin_memory, persistent_workers=False,
             prefetch_factor=4 if workers else None,
+            # its own generator: creating the loader must not draw from the global RNG (exact resume)
+            generator=torch.Generator().manual_seed(seed),
         ))

@@ -30,7 +30,8 @@ class TrainState:
     """Counters restored on resume (registered with accelerate's checkpointing)."""
 
     iter: int = 0
-    skipped_samples: int = 0
+    skipped_samples: int = 0  # distinct damaged samples met: len(bad_samples)
+    bad_samples: dict = dataclasses.field(default_factory=dict)  # "<shard>:<key>" -> reason (GGTShards), once each
     nonfinite_steps: int = 0
     best: dict = dataclasses.field(default_factory=dict)  # "valset/metric" -> {"value", "iter"}
     last: dict = dataclasses.field(default_factory=dict)  # "valset/metric" -> value
@@ -244,7 +245,8 @@ class Trainer:
                 for _ in range(accum):
                     td = time.time()
                     batch = next(loader)
-                    st.skipped_samples += int(batch.pop("skipped", 0) or 0)
+                    st.bad_samples.update(batch.pop("skipped", None) or {})
+                    st.skipped_samples = len(st.bad_samples)
                     t_data += time.time() - td
                     out = self.step.train_step(self._to_device(batch), st.iter + 1)
                     if "nonfinite" in out:
