@@ -42,7 +42,7 @@ def test_the_loaders_leave_the_global_generators_alone(kind, workers, kill_data,
     import numpy as np
     import torch
 
-    from ggt_ir.config import load_options
+    from ggt_ir.train.options import load_options
     from ggt_ir.data import DATASETS
     from kill_resume import options, write
 

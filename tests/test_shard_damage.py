@@ -116,7 +116,7 @@ def test_a_damaged_tar_header_costs_only_its_sample(damaged):
 
 
 def test_the_trainer_counts_distinct_damaged_samples(damaged, demo_root, tmp_path):
-    from ggt_ir.config import load_options
+    from ggt_ir.train.options import load_options
     from ggt_ir.train.trainer import Trainer
     from helpers import tiny_options, write_options
 

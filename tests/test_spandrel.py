@@ -86,7 +86,7 @@ def test_tiler_and_loader_see_pad_multiple_and_scale():
     try:  # the tiler's home after the restructuring; the names stay
         from ggt_ir.utils.tiling import model_pad_multiple, model_scale, tiled_forward
     except ImportError:
-        from ggt_ir.inference.tiling import model_pad_multiple, model_scale, tiled_forward
+        from ggt_ir.utils.tiling import model_pad_multiple, model_scale, tiled_forward
 
     net = build_network(spec("SPAN")).eval()
     assert model_scale(net) == 2 and model_pad_multiple(net) == 1

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from ggt_ir.config import OptionsError, load_options
+from ggt_ir.config import OptionsError
+from ggt_ir.train.options import load_options
 from ggt_ir.data.shard_io import PipeRefused, open_url
 from ggt_ir.data.shards import main as shards_main
 from ggt_ir.data.stream import GGTShardsDataset
