@@ -1,7 +1,7 @@
 """Test and demo stand-ins: a generator with known edits, a scripted VLM, and a tiny random Qwen2.5-VL.
 
 * ``FakeEdit`` applies a fixed list of edits to the LQ (``denoise``, ``shift:dx,dy``, ``zoom:s``,
-  ``color:dL``, ``resize:WxH``, ``noise`` (a random image from the seed), ``identity``, ``fail``,
+  ``color:dL``, ``resize:WxH``, ``noise`` (a random image from the seed), ``identity``, ``sleep:s``, ``fail``,
   ``refuse``), so each QC check can be made to pass or fail on purpose.
 * ``FakeVLM`` answers from scripted replies (``prompt_replies`` for adaptive prompts, ``judge_replies`` for
   QC 2, cycled in call order), so the verdict paths (accept, reject, regenerate, unparsable) can be tested.
@@ -60,6 +60,11 @@ def apply_op(img: np.ndarray, op: str, rng: np.random.Generator) -> np.ndarray:
         return cv2.resize(img, (rw, rh), interpolation=cv2.INTER_AREA)
     if name == "noise":
         return rng.random(img.shape, dtype=np.float32)
+    if name == "sleep":  # a slow backend (resume tests kill the run mid-way)
+        import time
+
+        time.sleep(float(arg))
+        return img
     raise ValueError(f"FakeEdit: unknown op {op!r}")
 
 

@@ -26,6 +26,17 @@ from ggt_ir.synth.http import GenerationRefused, HTTPClient, api_key
 
 OPENAI_BASE_URL = "https://api.openai.com"
 SIZES = {"1024x1024": 1.0, "1536x1024": 1.5, "1024x1536": 2 / 3}  # accepted by every GPT-Image model
+FLEXIBLE_SIZE_MODELS = ("gpt-image-2",)  # any WxH in multiples of 16 (max edge 3840, >= 655,360 pixels)
+
+
+def flexible_size(w: int, h: int, area: int = 1024 * 1024) -> tuple[str, float]:
+    """A WxH in multiples of 16 with about ``area`` pixels and the LQ's aspect ratio (gpt-image-2's rules)."""
+    a = max(1 / 3, min(3.0, w / h))
+    sw = min(3840, max(16, round((area * a) ** 0.5 / 16) * 16))
+    sh = min(3840, max(16, round(sw / a / 16) * 16))
+    while sw * sh < 655_360:
+        sw, sh = sw + 16, round((sw + 16) / a / 16) * 16
+    return f"{sw}x{sh}", sw / sh
 
 
 def openai_usage_cost(usage: dict, prices: dict) -> float:
@@ -47,7 +58,7 @@ class OpenAIImageOptions:
     model: str = "gpt-image-2"
     base_url: str = OPENAI_BASE_URL
     api_key_env: str = "OPENAI_API_KEY"
-    size: str = "match"  # match: the size nearest the LQ's aspect (1024x1024, 1536x1024, 1024x1536) | WxH | auto
+    size: str = "match"  # match: the LQ's aspect (gpt-image-2: any WxH; older: 1024x1024, 1536x1024, 1024x1536) | WxH | auto
     quality: Optional[str] = "medium"  # low | medium | high | auto; null: omit
     input_fidelity: Optional[str] = None  # high | low (gpt-image-1 / 1.5); null: omit
     output_format: str = "png"
@@ -80,7 +91,8 @@ class OpenAIImageGenerator(Generator):
         h, w = lq.shape[:2]
         expected = None
         if o.size == "match":
-            size, expected = nearest_aspect(w, h, SIZES)
+            flexible = o.model.startswith(FLEXIBLE_SIZE_MODELS)
+            size, expected = flexible_size(w, h) if flexible else nearest_aspect(w, h, SIZES)
         else:
             size = o.size
             if "x" in size:
