@@ -309,6 +309,8 @@ class SynthRun:
                                   expected_aspect=c.get("expected_aspect"))
         c["qc1"] = {"passed": r.passed, "reasons": r.reasons, "scores": r.scores, "checks": r.checks,
                     "processed": r.processed, "select_score": r.select_score, "time_s": round(time.monotonic() - t0, 3)}
+        if r.errors:
+            c["qc1"]["errors"] = r.errors
         if r.processed:
             qc_png = self.run_dir / "work" / item.flat / f"{c['id']}.qc.png"
             write_png(qc_png, r.image)

@@ -44,6 +44,7 @@ class QC1Result:
     image: Any = None  # the candidate as it goes on (resized, re-aligned)
     processed: list = field(default_factory=list)  # what was done to it: resized WxH -> wxh, realigned
     select_score: float | None = None
+    errors: dict = field(default_factory=dict)  # metric -> why it could not score this candidate
 
 
 # --------------------------------------------------------------------------- geometry
@@ -134,6 +135,18 @@ def low_res(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
 
 
+def score_each(suite, pred, ref, key: str) -> tuple[dict, dict]:
+    """({metric: score}, {metric: error}) one metric at a time, so one metric failing on an image (NIQE on a
+    32 px image, say) costs that score only; the error is recorded."""
+    scores, errors = {}, {}
+    for k, m in suite.metrics.items():
+        try:
+            scores[k] = float(m(pred, ref, [key])[0])
+        except Exception as e:  # noqa: BLE001 - recorded per candidate
+            errors[k] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    return scores, errors
+
+
 def _t(img: np.ndarray):
     import torch
 
@@ -188,7 +201,10 @@ class MetricQC:
         if ck not in self._lq_cache:
             if len(self._lq_cache) > 4096:
                 self._lq_cache.clear()
-            self._lq_cache[ck] = {k: v[0] for k, v in self.nr.score(_t(lq), None, [key]).items()}
+            scores, errors = score_each(self.nr, _t(lq), None, key)
+            for k, e in errors.items():
+                self.log(f"[synth] metric {k!r} failed on the LQ {key}: {e}")
+            self._lq_cache[ck] = scores
         return dict(self._lq_cache[ck])
 
     def select_score(self, scores: dict) -> float | None:
@@ -235,9 +251,11 @@ class MetricQC:
 
         # fidelity and colour at low resolution
         lq_s, c_s = low_res(lq, o.fidelity_size), low_res(img, o.fidelity_size)
+        errors: dict[str, str] = {}
         if self.fr is not None:
-            for k, v in self.fr.score(_t(c_s), _t(lq_s), [key]).items():
-                r.scores[f"fidelity.{k}"] = v[0]
+            fr, err = score_each(self.fr, _t(c_s), _t(lq_s), key)
+            r.scores.update({f"fidelity.{k}": v for k, v in fr.items()})
+            errors.update({f"fidelity.{k}": e for k, e in err.items()})
         m_c, s_c = lab_stats(c_s)
         m_l, s_l = lab_stats(lq_s)
         r.scores["color.delta_e"] = float(np.linalg.norm(m_c - m_l))
@@ -252,12 +270,14 @@ class MetricQC:
             for k in self.nr.metrics:
                 notes[f"nr.{k}"] = notes[f"gain.{k}"] = "not computed: an earlier check failed (early_exit)"
         elif self.nr is not None:
-            for k, v in self.nr.score(_t(img), None, [key]).items():
-                r.scores[f"nr.{k}"] = v[0]
+            nr, err = score_each(self.nr, _t(img), None, key)
+            errors.update({f"nr.{k}": e for k, e in err.items()})
+            for k, v in nr.items():
+                r.scores[f"nr.{k}"] = v
                 if k in lq_nr:
                     r.scores[f"nr_lq.{k}"] = lq_nr[k]
                     sign = -1.0 if self.nr.metrics[k].spec.lower_better else 1.0
-                    r.scores[f"gain.{k}"] = sign * (v[0] - lq_nr[k])
+                    r.scores[f"gain.{k}"] = sign * (v - lq_nr[k])
 
         for k, b in bounds.items():
             v = r.scores.get(k)
@@ -265,12 +285,14 @@ class MetricQC:
                 r.checks[k] = {"value": v, "bound": b.text, "pass": None, "note": notes[k]}
                 continue
             if not isinstance(v, (int, float)) or not math.isfinite(v):
-                r.checks[k] = {"value": v, "bound": b.text, "pass": None, "note": notes.get(k, "score missing")}
+                why = notes.get(k) or errors.get(k) or errors.get("nr." + k.partition(".")[2]) or "score missing"
+                r.checks[k] = {"value": v, "bound": b.text, "pass": None, "note": why}
                 continue
             ok = b.holds(v)
             r.checks[k] = {"value": v, "bound": b.text, "pass": ok}
             if not ok:
                 r.reasons.append(f"{k} = {v:.4g} fails {b.text}")
+        r.errors = errors
         r.passed = not r.reasons
         r.image = img
         r.select_score = self.select_score(r.scores)
