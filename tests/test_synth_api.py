@@ -199,8 +199,8 @@ def test_gemini_request_shape_image_roundtrip_and_cost(api, keys, tmp_path):
     assert res.image.shape == (48, 64, 3) and res.expected_aspect == pytest.approx(4 / 3)
     assert np.abs(res.image - cv2.GaussianBlur(lq, (0, 0), 0.8)).mean() < 0.01  # the server's answer, decoded
     # cost from usageMetadata: 1307 prompt tokens, 10 text + 1120 image output tokens at the default prices
-    expected = 1307 * 0.25e-6 + 10 * 1.50e-6 + 1120 * 60e-6
-    assert res.cost_usd == pytest.approx(expected) and res.cost_usd == pytest.approx(0.0677, abs=1e-3)
+    expected = 1307 * 0.50e-6 + 10 * 3.00e-6 + 1120 * 60e-6
+    assert res.cost_usd == pytest.approx(expected) and res.cost_usd == pytest.approx(0.0679, abs=1e-4)
     assert res.meta["model"] == "gemini-3.1-flash-image-preview" and res.meta["attempts"] == 1
 
 
@@ -252,7 +252,7 @@ def test_refusal_is_not_retried_and_keeps_its_cost(api, keys, tmp_path):
     g = gemini(api, tmp_path)
     with pytest.raises(GenerationRefused, match="finishReason IMAGE_SAFETY") as e:
         g.generate(lq_image(), "x", seed=0)
-    assert len(api.requests) == 1 and e.value.cost_usd == pytest.approx(1307 * 0.25e-6)
+    assert len(api.requests) == 1 and e.value.cost_usd == pytest.approx(1307 * 0.50e-6)
 
 
 def test_missing_key_names_the_variable(monkeypatch, tmp_path):

@@ -54,11 +54,12 @@ def _run(argv: list[str], compare: bool) -> int:
         return 2
     from accelerate import PartialState
 
+    from ggt_ir.eval.cli import use_cpu
     from ggt_ir.synth.http import APIError
     from ggt_ir.synth.inputs import InputError
     from ggt_ir.synth.pipeline import SynthError
 
-    state = PartialState()
+    state = PartialState(cpu=use_cpu("auto"))  # a multi-process CPU group needs cpu=True
     command = " ".join(shlex.quote(x) for x in ["ggt-ir", "synth", *(["compare"] if compare else []), *argv])
     rc = 0
     try:

@@ -77,9 +77,10 @@ class GeminiImageOptions:
     max_retries: int = 5
     backoff: float = 2.0
     requests_per_minute: float = 0.0  # client-side limit per process; 0 = none
-    # USD; defaults: Google's Gemini API price list for gemini-3.1-flash-image-preview (docs/synthesis.md, "Cost")
-    input_per_mtok: float = 0.25
-    text_output_per_mtok: float = 1.50
+    # USD; defaults: Google's Gemini API price list for gemini-3.1-flash-image-preview (docs/synthesis.md, "Cost");
+    # input and text output at the higher of the two published listings ($0.25/$1.50 vs $0.50/$3.00 per 1M)
+    input_per_mtok: float = 0.50
+    text_output_per_mtok: float = 3.00
     image_output_per_mtok: float = 60.0
     per_image_fallback: float = 0.067  # when a response carries no usageMetadata (1K image)
 

@@ -208,7 +208,7 @@ class QwenImageEditPlusOptions(EditorOptions):
 
 
 class FluxKontextGenerator(_EditorGenerator):
-    """FLUX.1-Kontext-dev (outputs under the FLUX.1 [dev] non-commercial licence)."""
+    """FLUX.1-Kontext-dev (FLUX.1 [dev] Non-Commercial License; docs/synthesis.md, "Generators")."""
 
     Options = FluxKontextOptions
     family = "flux_kontext"
