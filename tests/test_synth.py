@@ -338,6 +338,17 @@ def test_qc2_regenerate_reject_and_unparsable(tmp_path, lq_dir):
     assert "regeneration limit 2 reached" in r["candidates"][-1]["vlm"][0]["note"]
 
 
+def test_threads_keep_the_manifest_whole(tmp_path, lq_dir):
+    """runtime.workers > 1 (API-style concurrency): every image once, complete lines, the same decisions."""
+    p = write_opts(tmp_path / "o.yml", name="thr", input={"path": str(lq_dir)}, runtime={"workers": 3},
+                   generators=[{"type": "FakeEdit", "name": "good", "ops": ["sleep:0.05", "denoise"]},
+                               {"type": "FakeEdit", "name": "bad", "ops": ["noise"]}])
+    summary, _ = run(load(p))
+    lines = (tmp_path / "runs" / "thr" / "manifest" / "rank-0.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and len({json.loads(x)["key"] for x in lines}) == 6
+    assert summary["stages"]["accepted"] == 6 and summary["generators"]["good"]["chosen"] == 6
+
+
 def test_generator_errors_and_refusals_are_recorded_not_fatal(tmp_path, lq_dir):
     p = write_opts(tmp_path / "o.yml", name="err", input={"path": str(lq_dir), "categories": ["haze"]},
                    generators=[{"type": "FakeEdit", "name": "down", "ops": ["fail"]},
@@ -438,6 +449,13 @@ def test_review_page_and_write_back_server(finished_run):
 
     from ggt_ir.synth.review import page_data, serve_in_thread, write_review
 
+    from ggt_ir.synth.review import ReviewError
+
+    assert [i["category"] for i in page_data(finished_run, records(finished_run), category="rain")["items"]] == ["rain"]
+    assert len(page_data(finished_run, records(finished_run), limit=2)["items"]) == 2
+
+    with pytest.raises(ReviewError, match="no images to review in category 'fog'"):
+        write_review(finished_run, category="fog")
     page = write_review(finished_run)
     text = page.read_text()
     assert page == finished_run / "review" / "index.html" and 'id="data"' in text and "keydown" in text

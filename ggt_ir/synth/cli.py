@@ -82,14 +82,15 @@ def _review(argv: list[str]) -> int:
     p.add_argument("run", help="the run folder (<output.root>/<name>)")
     p.add_argument("--serve", action="store_true", help="also serve it on 127.0.0.1 and write decisions back")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--all", action="store_true", help="list every image (default: also the rejected ones, "
-                   "sorted accepted first; --only-accepted to hide rejected)")
-    p.add_argument("--only-accepted", action="store_true", help="list only automatically accepted images")
+    p.add_argument("--only-accepted", action="store_true",
+                   help="list only the automatically accepted images (default: all, accepted first)")
+    p.add_argument("--category", help="only this category")
+    p.add_argument("--limit", type=int, default=0, help="at most N images on the page (0 = all)")
     a = p.parse_args(argv)
     from ggt_ir.synth.review import ReviewError, serve, write_review
 
     try:
-        page = write_review(a.run, only_accepted=a.only_accepted)
+        page = write_review(a.run, only_accepted=a.only_accepted, category=a.category, limit=a.limit)
     except ReviewError as e:
         print(f"ggt-ir synth review: {e}", file=sys.stderr)
         return 2

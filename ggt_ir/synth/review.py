@@ -51,10 +51,13 @@ def _short(v):
     return v
 
 
-def page_data(run: Path, records: list[dict], only_accepted: bool = False) -> dict:
+def page_data(run: Path, records: list[dict], only_accepted: bool = False, category: str | None = None,
+              limit: int = 0) -> dict:
     items = []
     for r in records:
         if only_accepted and r.get("status") != "accepted":
+            continue
+        if category and r.get("category") != category:
             continue
         cands = []
         for c in r.get("candidates", []):
@@ -79,6 +82,8 @@ def page_data(run: Path, records: list[dict], only_accepted: bool = False) -> di
                       "prompt_source": (r.get("prompt_info") or {}).get("source"), "candidates": cands,
                       "size": r.get("size")})
     items.sort(key=lambda i: (i["status"] != "accepted", i["key"]))
+    if limit > 0:  # one page holds every item's data: review big runs by category / in samples
+        items = items[:limit]
     summary = {}
     if (run / "summary.json").is_file():
         summary = json.loads((run / "summary.json").read_text())
@@ -232,11 +237,13 @@ if (served) {
 """
 
 
-def write_review(run: str | Path, only_accepted: bool = False) -> Path:
+def write_review(run: str | Path, only_accepted: bool = False, category: str | None = None, limit: int = 0) -> Path:
     run = Path(run)
     if not run.is_dir():
         raise ReviewError(f"run folder not found: {run}")
-    data = page_data(run, _load_manifest(run), only_accepted)
+    data = page_data(run, _load_manifest(run), only_accepted, category, limit)
+    if not data["items"]:
+        raise ReviewError(f"{run}: no images to review" + (f" in category {category!r}" if category else ""))
     blob = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>review: {html.escape(data['run'])}</title>
 <style>{_CSS}</style></head><body>

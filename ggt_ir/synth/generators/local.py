@@ -14,6 +14,7 @@ Every local editor is built by ONE function, :func:`load_local_editor` (the seam
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +48,11 @@ class PlusPipelineEditor:
         from diffusers import QwenImageEditPlusPipeline
 
         from ggt_ir.generative.editor import SUBFOLDERS
-        from ggt_ir.generative.pretrained import PretrainedNotFoundError, _offline, missing_message, resolve
+        from ggt_ir.generative.pretrained import PretrainedNotFoundError, missing_message, resolve
 
         src, local = resolve(pretrained, SUBFOLDERS["qwen_image_edit"], revision)
-        kw = {} if local else {"revision": revision, "local_files_only": not allow_download or _offline()}
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        kw = {} if local else {"revision": revision, "local_files_only": not allow_download or offline}
         if variant:
             kw["variant"] = variant
         try:
