@@ -97,10 +97,6 @@ def _json_default(o):
 
 
 # --------------------------------------------------------------------------- configuration fingerprint
-_RUNTIME_KEYS = {"name", "candidates", "api_key_env", "timeout", "max_retries", "requests_per_minute", "device",
-                 "backoff", "base_url"}
-
-
 def _plain(x):
     if dataclasses.is_dataclass(x):
         return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
@@ -114,12 +110,13 @@ def _plain(x):
 def config_fingerprint(opt: SynthOptions) -> str:
     """What decides an image's outcome; a done image whose record has another fingerprint is processed again
     (its candidates come from the cache when their own settings did not change)."""
-    gens = [{k: v for k, v in _plain(g).items() if k not in _RUNTIME_KEYS} | {"name": g.name}
-            for g in opt.generators]
+    from ggt_ir.synth.generators.base import output_options
+
+    gens = [output_options(g) | {"name": g.name, "candidates": g.candidates} for g in opt.generators]
     p = opt.prompting
-    vlm = {k: v for k, v in _plain(p.vlm).items() if k not in _RUNTIME_KEYS} if p.vlm is not None else None
+    vlm = output_options(p.vlm) if p.vlm is not None else None
     qv = opt.qc.vlm
-    judge = {k: v for k, v in _plain(qv.vlm).items() if k not in _RUNTIME_KEYS} if qv.vlm is not None else None
+    judge = output_options(qv.vlm) if qv.vlm is not None else None
     blob = {"generators": gens, "candidates": _plain(opt.candidates), "prompting": {
         "mode": p.mode, "fixed": p.fixed, "meta": p.meta_prompt, "vlm": vlm, "max_chars": p.max_chars},
         "qc_metrics": _plain(opt.qc.metrics), "qc_vlm": {**_plain(qv), "vlm": judge}, "split": opt.output.split}

@@ -10,13 +10,13 @@ import base64
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from ggt_ir.synth.generators.base import GenContext, to_png_bytes
+from ggt_ir.synth.generators.base import GenContext, output_options, to_png_bytes
 
 
 @dataclass
@@ -34,11 +34,7 @@ class VLM:
         self.name = getattr(opts, "name", None) or opts.type
 
     def identity(self) -> dict:
-        d = asdict(self.opts)
-        for k in ("name", "api_key_env", "timeout", "max_retries", "requests_per_minute", "device", "base_url",
-                  "backoff"):
-            d.pop(k, None)
-        return d
+        return output_options(self.opts)
 
     def chat(self, images: list[np.ndarray], text: str, *, seed: int = 0,
              want_json: bool = False) -> VLMReply:  # pragma: no cover - interface

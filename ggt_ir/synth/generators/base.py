@@ -17,6 +17,18 @@ from typing import Any, Optional
 import numpy as np
 
 
+# option keys that do not change what a backend returns (transport, prices, bookkeeping): left out of the
+# fingerprints that decide whether a cached candidate or prompt, or a finished image, can be reused
+NON_OUTPUT_KEYS = {"name", "candidates", "api_key_env", "timeout", "max_retries", "requests_per_minute", "device",
+                   "backoff", "base_url", "allow_download", "cost_per_gpu_hour", "cost_per_image", "cost_per_call",
+                   "per_image_fallback"}
+
+
+def output_options(opts) -> dict:
+    d = asdict(opts) if not isinstance(opts, dict) else dict(opts)
+    return {k: v for k, v in d.items() if k not in NON_OUTPUT_KEYS and not k.endswith("_per_mtok")}
+
+
 @dataclass
 class GenContext:
     device: str = "cpu"  # this process's accelerator (accelerate's PartialState().device)
@@ -47,11 +59,7 @@ class Generator:
 
     def identity(self) -> dict:
         """Options that change the output (recorded in every candidate; a change regenerates cached ones)."""
-        d = asdict(self.opts)
-        for k in ("name", "candidates", "api_key_env", "timeout", "max_retries", "requests_per_minute", "device",
-                  "backoff", "base_url"):
-            d.pop(k, None)
-        return d
+        return output_options(self.opts)
 
     def fingerprint(self, prompt: str, seed: int) -> str:
         blob = json.dumps({"g": self.identity(), "p": prompt, "s": seed}, sort_keys=True, default=str)
