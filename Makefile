@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ACCELERATE_LOCAL := --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
-.PHONY: setup demo demo-data test test-fast clean-demo
+.PHONY: setup demo demo-data synth-demo test test-fast clean-demo
 
 # Create the virtualenv and install the project with pinned versions (lock.txt). basicsr and pyiqa are
 # installed without their stale declared dependencies (see README, "Installation").
@@ -22,6 +22,15 @@ demo-data: setup
 demo: demo-data
 	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch $(ACCELERATE_LOCAL) train.py -opt options/demo/swinir_demo.yml
 	HF_HUB_OFFLINE=1 $(BIN)/ggt-ir eval -opt options/eval/demo.yml
+
+# The synthesis pipeline (docs/synthesis.md) on the demo LQ images with tiny random models, on CPU: generate,
+# QC 1 + 2, the review page (written, not opened), finalize, and the generator x prompting study.
+synth-demo: demo-data
+	$(BIN)/python -m ggt_ir.synth.testing --kontext datasets/demo/tiny-kontext --vl datasets/demo/tiny-qwen25-vl
+	HF_HUB_OFFLINE=1 $(BIN)/ggt-ir synth -opt options/synth/demo.yml
+	$(BIN)/ggt-ir synth review experiments/synth/demo
+	$(BIN)/ggt-ir synth finalize experiments/synth/demo
+	HF_HUB_OFFLINE=1 $(BIN)/ggt-ir synth compare -opt options/synth/demo_compare.yml
 
 test: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q

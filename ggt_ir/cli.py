@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ggt_ir.eval.cli:main", "score a run / zoo model / restored folder on eval sets (docs/evaluation.md)"),
     "table": ("ggt_ir.eval.table:main", "paper-style tables (Markdown, LaTeX, CSV, plot) from eval summaries"),
     "merge": ("ggt_ir.inference.merge:main", "merge exported LoRA adapters into full diffusers weights (docs/generative.md)"),
+    "synth": ("ggt_ir.synth.cli:main", "LQ photos -> generated HQ targets + 3 QC stages -> a GGT dataset (docs/synthesis.md)"),
 }
 
 
