@@ -26,7 +26,7 @@ demo: demo-data
 # The synthesis pipeline (docs/synthesis.md) on the demo LQ images with tiny random models, on CPU: generate,
 # QC 1 + 2, the review page (written, not opened), finalize, and the generator x prompting study.
 synth-demo: demo-data
-	$(BIN)/python -m ggt_ir.synth.testing --kontext datasets/demo/tiny-kontext --vl datasets/demo/tiny-qwen25-vl
+	$(BIN)/python -m ggt_ir.testing.synth --kontext datasets/demo/tiny-kontext --vl datasets/demo/tiny-qwen25-vl
 	HF_HUB_OFFLINE=1 $(BIN)/ggt-ir synth -opt options/synth/demo.yml
 	$(BIN)/ggt-ir synth review experiments/synth/demo
 	$(BIN)/ggt-ir synth finalize experiments/synth/demo

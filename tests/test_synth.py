@@ -154,7 +154,7 @@ def qc(**over):
 
 def test_qc1_alignment_detects_and_realigns_a_shift(photo):
     from ggt_ir.synth.qc_metrics import estimate_similarity
-    from ggt_ir.synth.testing import apply_op
+    from ggt_ir.testing.synth import apply_op
 
     rng = np.random.default_rng(0)
     shifted = apply_op(photo, "shift:2,-1", rng)
@@ -172,7 +172,7 @@ def test_qc1_alignment_detects_and_realigns_a_shift(photo):
 
 
 def test_qc1_rejects_a_cropped_output_and_colour_shift_with_category_overrides(photo):
-    from ggt_ir.synth.testing import apply_op
+    from ggt_ir.testing.synth import apply_op
 
     rng = np.random.default_rng(0)
     q = qc()
@@ -187,7 +187,7 @@ def test_qc1_rejects_a_cropped_output_and_colour_shift_with_category_overrides(p
 
 
 def test_qc1_size_noise_and_identity(photo):
-    from ggt_ir.synth.testing import apply_op
+    from ggt_ir.testing.synth import apply_op
 
     rng = np.random.default_rng(0)
     q = qc()
@@ -209,8 +209,8 @@ def test_qc1_size_noise_and_identity(photo):
 def test_qc1_pyiqa_metrics_with_random_weights_gain_and_early_exit(photo, tmp_path):
     """NR (MUSIQ) and FR (LPIPS at low resolution) through MetricSuite, with random weights written where pyiqa
     expects them (scores are meaningless; the plumbing is what is tested)."""
-    from ggt_ir.eval.weights import write_random_weights
-    from ggt_ir.synth.testing import apply_op
+    from ggt_ir.testing.weights import write_random_weights
+    from ggt_ir.testing.synth import apply_op
 
     write_random_weights("musiq", tmp_path)
     write_random_weights("lpips", tmp_path)
@@ -366,7 +366,7 @@ def test_generator_errors_and_refusals_are_recorded_not_fatal(tmp_path, lq_dir):
 
 
 def test_adaptive_prompts_are_cached_and_changed_settings_redo_only_qc(tmp_path, lq_dir):
-    from ggt_ir.synth.testing import FakeVLM
+    from ggt_ir.testing.synth import FakeVLM
 
     vlm = {"type": "FakeVLM", "prompt_replies": ["Instruction: remove it all (level {mean:.3f})."]}
     p = write_opts(tmp_path / "o.yml", name="ad", input={"path": str(lq_dir)},

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ggt_ir.synth.generators.base import GenContext
-from ggt_ir.synth.testing import tiny_pipelines
+from ggt_ir.testing.synth import tiny_pipelines
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def qwen_edit(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_vl(tmp_path_factory) -> Path:
-    from ggt_ir.synth.testing import save_tiny_qwen25_vl
+    from ggt_ir.testing.synth import save_tiny_qwen25_vl
 
     return save_tiny_qwen25_vl(tmp_path_factory.mktemp("vl") / "m")
 

@@ -24,12 +24,12 @@ GENERATORS = Registry("synth generator", {
     "GeminiImage": "ggt_ir.synth.generators.gemini:GeminiImageGenerator",
     "OpenAIImage": "ggt_ir.synth.generators.openai_images:OpenAIImageGenerator",
     "OpenCVBaseline": "ggt_ir.synth.generators.opencv:OpenCVBaselineGenerator",
-    "FakeEdit": "ggt_ir.synth.testing:FakeEditGenerator",
+    "FakeEdit": "ggt_ir.testing.synth:FakeEditGenerator",
 })
 
 # vision-language model type -> class with ``Options`` and ``chat(images, text)``: adaptive prompts and QC 2
 VLMS = Registry("synth VLM", {
     "QwenVL": "ggt_ir.synth.vlm:QwenVL",
     "GeminiVLM": "ggt_ir.synth.vlm:GeminiVLM",
-    "FakeVLM": "ggt_ir.synth.testing:FakeVLM",
+    "FakeVLM": "ggt_ir.testing.synth:FakeVLM",
 })

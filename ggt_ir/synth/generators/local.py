@@ -47,10 +47,10 @@ class PlusPipelineEditor:
                  true_cfg_scale: float = 4.0, guidance_scale: float | None = 1.0, negative_prompt: str = " "):
         from diffusers import QwenImageEditPlusPipeline
 
-        from ggt_ir.generative.editor import SUBFOLDERS
+        from ggt_ir.generative.editors.qwen_image_edit import QwenImageEdit
         from ggt_ir.generative.pretrained import PretrainedNotFoundError, missing_message, resolve
 
-        src, local = resolve(pretrained, SUBFOLDERS["qwen_image_edit"], revision)
+        src, local = resolve(pretrained, list(QwenImageEdit.subfolders), revision)
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
         kw = {} if local else {"revision": revision, "local_files_only": not allow_download or offline}
         if variant:
@@ -61,7 +61,7 @@ class PlusPipelineEditor:
             if local:
                 raise
             raise PretrainedNotFoundError(missing_message(pretrained, revision, "QwenImageEditPlusPipeline",
-                                                          SUBFOLDERS["qwen_image_edit"], str(e).splitlines()[0]))
+                                                          list(QwenImageEdit.subfolders), str(e).splitlines()[0]))
         if adapter:
             self.pipe.load_lora_weights(adapter)
         self.pipe.to(device)

@@ -169,7 +169,7 @@ def save_tiny_qwen25_vl(folder: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ggt_ir.synth.testing --kontext DIR --vl DIR``: the demo's tiny models (skipped when present)."""
+    """``python -m ggt_ir.testing.synth --kontext DIR --vl DIR``: the demo's tiny models (skipped when present)."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
