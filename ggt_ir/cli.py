@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ggt_ir.eval.cli:main", "score a run / zoo model / restored folder on eval sets (docs/evaluation.md)"),
     "table": ("ggt_ir.eval.table:main", "paper-style tables (Markdown, LaTeX, CSV, plot) from eval summaries"),
     "merge": ("ggt_ir.inference.merge:main", "merge exported LoRA adapters into full diffusers weights (docs/generative.md)"),
+    "data": ("ggt_ir.assets.datasets:main", "list / fetch / check GGT-100K and the benchmark sets (docs/data.md)"),
+    "weights": ("ggt_ir.assets.weights:main", "list / check / fetch the weights option files need (docs/evaluation.md)"),
 }
 
 
