@@ -290,3 +290,21 @@ def test_catalogue_and_benchmark_option_files_agree():
         want = d.files["test"] if isinstance(d.files, dict) else d.files
         assert spec == want, d.name
         assert d.hub or d.url or d.manual
+
+
+def test_archives_in_the_download_are_reported_and_extracted_on_request(online, tmp_path, capsys):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for cat in ("rain", "snow"):
+            z.writestr(f"{cat}/LQ/0.png", png(8, 8, 1))
+            z.writestr(f"{cat}/GT/0.png", png(8, 8, 2))
+        z.writestr("../evil.png", b"outside")  # never written outside the target
+    online.add_repo(GGT, {"GGT-100K/test.zip": buf.getvalue()})
+    assert D.main(["fetch", "ggt100k", "--local-dir", "ds"]) == 2
+    out = capsys.readouterr().out
+    assert "1 archive(s) in the selection (GGT-100K/test.zip)" in out and "run again with --extract" in out
+    assert D.main(["fetch", "ggt100k", "--local-dir", "ds", "--extract"]) == 2  # 2 pairs are not 500
+    out = capsys.readouterr().out
+    assert "extracted 4 file(s) from test.zip" in out and "pairing ds/GGT-100K: 2 pairs, 0 unpaired" in out
+    assert (tmp_path / "ds/GGT-100K/test/rain/GT/0.png").is_file()
+    assert not (tmp_path / "ds/GGT-100K/evil.png").exists() and not (tmp_path / "ds/evil.png").exists()
