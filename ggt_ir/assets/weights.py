@@ -221,10 +221,11 @@ def probe_unknown(plan: Plan) -> list[tuple[str, str, str, str | None]]:
 
 
 # ----------------------------------------------------------------------------- printing
-def _unique(needs: list[Need]) -> list[Need]:
+def _unique(needs: list[Need], per_source: bool = False) -> list[Need]:
     seen, out = set(), []
     for n in needs:
-        key = (n.wf.where, n.wf.name, n.wf.repo_id, str(n.target))
+        key = (n.source if per_source else "", n.key if per_source else "", n.wf.where, n.wf.name, n.wf.repo_id,
+               str(n.target))
         if key not in seen:
             seen.add(key)
             out.append(n)
@@ -283,7 +284,7 @@ def _by_source(plan: Plan, needs: list[Need]) -> list[str]:
 
 def cmd_list(plan: Plan, say=print) -> int:
     header(plan, say)
-    needs = _unique(plan.needs)
+    needs = _unique(plan.needs, per_source=True)
     _width(plan, needs)
     pad = " " * (W + 4)
     for source in _by_source(plan, needs):
@@ -307,16 +308,17 @@ def cmd_list(plan: Plan, say=print) -> int:
 
 def cmd_check(plan: Plan, say=print) -> int:
     header(plan, say)
+    shown = _unique(plan.needs, per_source=True)
     needs = _unique(plan.needs)
-    _width(plan, needs)
+    _width(plan, shown)
     probed = probe_unknown(plan)
     bad_unknown = 0
-    for source in _by_source(plan, needs):
+    for source in _by_source(plan, shown):
         say(source)
         for s, line in plan.notes:
             if s == source:
                 say("    " + line)
-        for n in needs:
+        for n in shown:
             if n.source == source:
                 for line in describe(n):
                     say(line)
