@@ -9,11 +9,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ggt_ir.train.cli:main", "train a model from an option file (same as train.py)"),
     "demo-data": ("ggt_ir.data.demo:main", "build the embedded demo dataset (GGT layout) from bundled photos"),
     "shards": ("ggt_ir.data.shards:main", "build / verify webdataset shards of LQ/HQ pairs (docs/data.md)"),
-    "restore": ("ggt_ir.inference.restore:main", "restore an image or a folder with a zoo model (docs/model_zoo.md)"),
+    "restore": ("ggt_ir.inference.restore:main", "restore an image or a folder with any model or run (docs/model_zoo.md)"),
     "eval": ("ggt_ir.eval.cli:main", "score a run / zoo model / restored folder on eval sets (docs/evaluation.md)"),
     "table": ("ggt_ir.eval.table:main", "paper-style tables (Markdown, LaTeX, CSV, plot) from eval summaries"),
     "merge": ("ggt_ir.inference.merge:main", "merge exported LoRA adapters into full diffusers weights (docs/generative.md)"),
     "synth": ("ggt_ir.synth.cli:main", "LQ photos -> generated HQ targets + 3 QC stages -> a GGT dataset (docs/synthesis.md)"),
+    "data": ("ggt_ir.assets.datasets:main", "list / fetch / check GGT-100K and the benchmark sets (docs/data.md)"),
+    "weights": ("ggt_ir.assets.weights:main", "list / check / fetch the weights option files need (docs/evaluation.md)"),
 }
 
 

@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("metrics", ["ggt_ir.eval.psnr_ssim", "ggt_ir.eval.metrics", "ggt_ir.eval.weights"]),
     ("loader", ["ggt_ir.inference.loader"]),
     ("train", ["ggt_ir.train"]),
-    ("evaluation", ["ggt_ir.eval"]),
+    ("evaluation", ["ggt_ir.eval", "ggt_ir.assets"]),
     ("apps", ["ggt_ir.inference", "ggt_ir.synth", "ggt_ir.reproduce", "ggt_ir.testing", "ggt_ir.cli",
               "ggt_ir.__main__"]),
 ]

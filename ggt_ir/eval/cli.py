@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override an option, e.g. --set eval.batch_size=8 (repeatable)")
     p.add_argument("--check-weights", action="store_true",
-                   help="list the weight files the configured metrics need and which are missing; no evaluation")
+                   help="list the weight files the configured metrics need and which are missing; no evaluation "
+                        "(= ggt-ir weights check -opt FILE)")
     p.add_argument("--list-metrics", action="store_true", help="list metric names with their direction")
     return p
 
@@ -63,30 +64,12 @@ def list_metrics() -> int:
     return 0
 
 
-def check_weights(opt) -> int:
-    from ggt_ir.eval.metrics import MetricSuite
-    from ggt_ir.eval.weights import KNOWN_WEIGHTS, missing_files, resolve_weights_dir
+def check_weights(a) -> int:
+    """``--check-weights``: the same as ``ggt-ir weights check -opt FILE`` (with --weights-dir and --set)."""
+    from ggt_ir.assets.weights import main as weights_main
 
-    wd = resolve_weights_dir(opt.eval.weights_dir)
-    print(f"weights folder: {wd}")
-    bad = 0
-    for key, choice in opt.metrics.items():  # parsed when the options loaded
-        name = choice.type
-        miss = {m[0] for m in missing_files(name, wd)}
-        for sub, fname, url in KNOWN_WEIGHTS.get(name, []):
-            state = ("absent" if name == "niqe" else "MISSING") if fname in miss else "ok"
-            print(f"  {key:<14} {state:<8} {sub}/{fname}  <- {url}")
-        suite = MetricSuite({key: choice}, device="cpu", weights_dir=wd, strict=False, log=lambda *_: None)
-        if key in suite.skipped:
-            bad += 1
-            if name not in KNOWN_WEIGHTS:
-                print(f"  {key:<14} MISSING  " + suite.skipped[key].splitlines()[0])
-        elif name not in KNOWN_WEIGHTS:
-            print(f"  {key:<14} ok       (no weight files needed)")
-        elif name == "niqe" and miss:
-            print(f"  {key:<14} ok       (using basicsr's bundled NIQE parameters)")
-    print("all metrics available" if not bad else f"{bad} metric(s) would be skipped (or fail with --strict)")
-    return 1 if bad else 0
+    argv = ["check", "-opt", a.opt] + (["--weights-dir", a.weights_dir] if a.weights_dir else [])
+    return weights_main(argv + [x for o in a.overrides for x in ("--set", o)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     from ggt_ir.eval.sources import EvalError
     from ggt_ir.eval.weights import MissingWeightsError
 
+    if a.check_weights:
+        return check_weights(a)
     try:
-        opt = load_eval_options(a.opt, _overrides(a), check_paths=not a.check_weights)
+        opt = load_eval_options(a.opt, _overrides(a))
     except OptionsError as e:
         print(f"ggt-ir eval: {e}", file=sys.stderr)
         return 2
-    if a.check_weights:
-        return check_weights(opt)
 
     from accelerate import PartialState
 

@@ -62,6 +62,9 @@ class EvalOptions:
     datasets: Dict[str, Any] = field(default_factory=dict)  # once loaded: {set: the dataset type's typed Options}
     metrics: Any = None  # [psnr, ssim, ...] or {key: {type: ..., **options}}; once loaded: {key: MetricChoice}
     eval: EvalSettings = field(default_factory=EvalSettings)
+    # {set: count or {category: count}}: each eval set's `expected_images` key, checked when the file loads
+    # (ggt_ir/assets/datasets.py: missing or unpaired files are an error naming them)
+    expected_images: Dict[str, Any] = field(default_factory=dict)
     source_file: str = ""
 
     @property
@@ -98,9 +101,18 @@ def load_eval_options(path: str | os.PathLike, overrides: list[str] | None = Non
     typed_sets = {}
     for name, block in opt.datasets.items():  # any map-style type of ggt_ir.data.DATASETS
         kp = f"datasets.{name}"
+        if isinstance(block, dict) and "expected_images" in block:
+            from ggt_ir.assets.datasets import parse_expected
+
+            block = dict(block)
+            opt.expected_images[name] = parse_expected(block.pop("expected_images"), src, kp)
         typed_sets[name] = DATASETS.check(block, src, kp, defaults={"name": name})
         if check_paths:
             typed_sets[name].check(src, kp)
+            if opt.expected_images.get(name) is not None:
+                from ggt_ir.assets.datasets import check_expected_images  # builds the set once to count it
+
+                check_expected_images(typed_sets[name], opt.expected_images[name], src, kp)
     opt.datasets = typed_sets
     try:
         opt.metrics = parse_metric_options(opt.metrics)

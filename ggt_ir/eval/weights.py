@@ -1,4 +1,4 @@
-"""Offline weights for pyiqa metrics.
+"""Offline weights for pyiqa metrics: the catalogue of what each metric loads, and where it is read from.
 
 pyiqa downloads a metric's weights the first time the metric is created; without network that
 fails deep inside pyiqa after a long wait. Here every metric is created inside
@@ -10,57 +10,122 @@ fails deep inside pyiqa after a long wait. Here every metric is created inside
 
       <weights>/pyiqa/<file>          pyiqa's own files   (LPIPS_v0.1_alex-df73285e.pth, ...)
       <weights>/checkpoints/<file>    torchvision backbones (alexnet-owt-7be5be79.pth, vgg16-397923af.pth)
-      <weights>/clip/<file>           OpenAI CLIP models  (RN50.pt)
-      <weights>/huggingface/          a Hugging Face hub cache for timm backbones
-                                      (models--timm--resnet50.a1_in1k/snapshots/<rev>/model.safetensors)
+      <weights>/clip/<file>           OpenAI CLIP models  (RN50.pt for clipiqa, ViT-B-32.pt for afine_*)
+      <weights>/huggingface/<org>/<name>/<file>
+                                      Hub files that timm reads (backbones of topiq_nr, maniqa-pipal, nima):
+                                      one plain file, e.g. huggingface/timm/resnet50.a1_in1k/model.safetensors
+                                      (what ``hf download timm/resnet50.a1_in1k model.safetensors --local-dir
+                                      <weights>/huggingface/timm/resnet50.a1_in1k`` writes). A Hugging Face
+                                      cache (``<weights>/huggingface/models--timm--.../snapshots/...``, or the
+                                      default ``$HF_HOME/hub``) is read as well.
 
 * turns every download attempt into a :class:`MissingWeightsError` that names the metric, the file,
   the URL it comes from and the path to put it at -- at once, with no network access.
 
-``ggt-ir eval --check-weights`` lists what the configured metrics need and what is missing.
+:data:`KNOWN_WEIGHTS` is the one catalogue of metric weights; ``ggt-ir weights {list,check,fetch}``
+(:mod:`ggt_ir.assets.weights`) reads it, and ``ggt-ir eval --check-weights`` is that command's ``check``.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
 ENV_VAR = "GGT_IR_WEIGHTS"
-PYIQA_URL = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
+HF_DEFAULT_ENDPOINT = "https://huggingface.co"
+PYIQA_REPO = "chaofengc/IQA-PyTorch-Weights"
+PYIQA_URL = f"{HF_DEFAULT_ENDPOINT}/{PYIQA_REPO}/resolve/main/"
 TV_URL = "https://download.pytorch.org/models/"
 CLIP_URL = "https://openaipublic.azureedge.net/clip/models/"
+FACEXLIB_URL = "https://github.com/xinntao/facexlib/releases/download/"
 
-# What the common metrics of pyiqa 0.1.16 load: (sub-folder of the weights folder, file name, URL).
-# Sub-folder "huggingface" means a timm backbone from the Hugging Face hub (repo id in the URL).
-# Used for --check-weights and to list every missing file at once; a metric not listed here is
-# still guarded (its first missing file is reported when it is created).
-KNOWN_WEIGHTS: dict[str, list[tuple[str, str, str]]] = {
-    "lpips": [("checkpoints", "alexnet-owt-7be5be79.pth", TV_URL + "alexnet-owt-7be5be79.pth"),
-              ("pyiqa", "LPIPS_v0.1_alex-df73285e.pth", PYIQA_URL + "LPIPS_v0.1_alex-df73285e.pth")],
-    "lpips-vgg": [("checkpoints", "vgg16-397923af.pth", TV_URL + "vgg16-397923af.pth"),
-                  ("pyiqa", "LPIPS_v0.1_vgg-a78928a0.pth", PYIQA_URL + "LPIPS_v0.1_vgg-a78928a0.pth")],
-    "dists": [("checkpoints", "vgg16-397923af.pth", TV_URL + "vgg16-397923af.pth"),
-              ("pyiqa", "DISTS_weights-f5e65c96.pth", PYIQA_URL + "DISTS_weights-f5e65c96.pth")],
-    "musiq": [("pyiqa", "musiq_koniq_ckpt-e95806b9.pth", PYIQA_URL + "musiq_koniq_ckpt-e95806b9.pth")],
-    "maniqa": [("huggingface", "timm/vit_base_patch8_224.augreg2_in21k_ft_in1k/model.safetensors",
-                "https://huggingface.co/timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"),
-               ("pyiqa", "ckpt_koniq10k.pt", PYIQA_URL + "ckpt_koniq10k.pt")],
-    "maniqa-pipal": [("huggingface", "timm/vit_base_patch8_224.augreg2_in21k_ft_in1k/model.safetensors",
-                      "https://huggingface.co/timm/vit_base_patch8_224.augreg2_in21k_ft_in1k"),
-                     ("pyiqa", "MANIQA_PIPAL-ae6d356b.pth", PYIQA_URL + "MANIQA_PIPAL-ae6d356b.pth")],
-    "clipiqa": [("clip", "RN50.pt", CLIP_URL + "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt")],
-    "clipiqa+": [("clip", "RN50.pt", CLIP_URL + "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt"),
-                 ("pyiqa", "CLIP-IQA+_learned_prompts-603f3273.pth", PYIQA_URL + "CLIP-IQA+_learned_prompts-603f3273.pth")],
-    "topiq_nr": [("huggingface", "timm/resnet50.a1_in1k/model.safetensors", "https://huggingface.co/timm/resnet50.a1_in1k"),
-                 ("pyiqa", "cfanet_nr_koniq_res50-9a73138b.pth", PYIQA_URL + "cfanet_nr_koniq_res50-9a73138b.pth")],
-    "topiq_fr": [("huggingface", "timm/resnet50.a1_in1k/model.safetensors", "https://huggingface.co/timm/resnet50.a1_in1k"),
-                 ("pyiqa", "cfanet_fr_kadid_res50-2c4cc61d.pth", PYIQA_URL + "cfanet_fr_kadid_res50-2c4cc61d.pth")],
-    "brisque": [("pyiqa", "brisque_svm_weights.pth", PYIQA_URL + "brisque_svm_weights.pth")],
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file a metric loads.
+
+    ``where`` is the sub-folder of the weights folder its loader reads (``pyiqa``, ``checkpoints``, ``clip``),
+    or ``hub``: a file of a Hugging Face Hub repo that timm reads through ``hf_hub_download`` (``repo_id`` +
+    ``name``), or ``hub-model``: a whole Hub repo that transformers reads from the Hugging Face cache
+    (``repo_id``; ``name`` lists what it holds).
+    """
+
+    where: str
+    name: str
+    url: str
+    repo_id: str = ""
+    sha256: str = ""  # when the source publishes the full hash (CLIP's URLs carry it)
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.repo_id}/{self.name}" if self.where == "hub" else (
+            self.repo_id if self.where == "hub-model" else f"{self.where}/{self.name}")
+
+
+def _pyiqa(name: str) -> WeightFile:
+    return WeightFile("pyiqa", name, PYIQA_URL + name, repo_id=PYIQA_REPO)
+
+
+def _tv(name: str) -> WeightFile:
+    return WeightFile("checkpoints", name, TV_URL + name)
+
+
+def _clip(name: str, sha256: str) -> WeightFile:
+    return WeightFile("clip", name, f"{CLIP_URL}{sha256}/{name}", sha256=sha256)
+
+
+def _timm(repo_id: str) -> WeightFile:
+    return WeightFile("hub", "model.safetensors", f"{HF_DEFAULT_ENDPOINT}/{repo_id}/resolve/main/model.safetensors",
+                      repo_id=repo_id)
+
+
+_RN50 = _clip("RN50.pt", "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762")
+_VITB32 = _clip("ViT-B-32.pt", "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af")
+_VITL14 = _clip("ViT-L-14.pt", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836")
+_RES50 = _timm("timm/resnet50.a1_in1k")
+_VITB8 = _timm("timm/vit_base_patch8_224.augreg2_in21k_ft_in1k")
+
+# What the metrics of pyiqa 0.1.16 load (traced: /work/shared/docs/dependencies.md section 4 and Appendix B;
+# URLs and hashes read from pyiqa's arch files). Used by `ggt-ir weights`, and to list every missing file at
+# once; a metric not listed here is still guarded (its first missing file is reported when it is created).
+KNOWN_WEIGHTS: dict[str, list[WeightFile]] = {
+    "lpips": [_tv("alexnet-owt-7be5be79.pth"), _pyiqa("LPIPS_v0.1_alex-df73285e.pth")],
+    "lpips-vgg": [_tv("vgg16-397923af.pth"), _pyiqa("LPIPS_v0.1_vgg-a78928a0.pth")],
+    "dists": [_tv("vgg16-397923af.pth"), _pyiqa("DISTS_weights-f5e65c96.pth")],
+    "musiq": [_pyiqa("musiq_koniq_ckpt-e95806b9.pth")],
+    "maniqa": [_VITB8, _pyiqa("ckpt_koniq10k.pt")],
+    "maniqa-pipal": [_VITB8, _pyiqa("MANIQA_PIPAL-ae6d356b.pth")],
+    "clipiqa": [_RN50],
+    "clipiqa+": [_RN50, _pyiqa("CLIP-IQA+_learned_prompts-603f3273.pth")],
+    "clipiqa+_vitL14_512": [_VITL14, _pyiqa("CLIPIQA+_ViTL14_512-e66488f2.pth")],
+    "topiq_nr": [_RES50, _pyiqa("cfanet_nr_koniq_res50-9a73138b.pth")],
+    "topiq_fr": [_RES50, _pyiqa("cfanet_fr_kadid_res50-2c4cc61d.pth")],
+    "nima": [_timm("timm/inception_resnet_v2.tf_in1k"), _pyiqa("NIMA_InceptionV2_ava-b0c77c00.pth")],
+    "brisque": [_pyiqa("brisque_svm_weights.pth")],
+    "fid": [_pyiqa("pt_inception-2015-12-05-6726825d.pth")],
+    "afine_nr": [_VITB32, _pyiqa("afine.pth")],
+    "afine_fr": [_VITB32, _pyiqa("afine.pth")],
+    "afine_all": [_VITB32, _pyiqa("afine.pth")],
+    "qalign": [WeightFile("hub-model", "config.json, tokenizer, model weights (~8B parameters, ~16 GB in fp16)",
+                          f"{HF_DEFAULT_ENDPOINT}/q-future/one-align", repo_id="q-future/one-align",
+                          note="also needs `pip install icecream`; read by transformers from the Hugging Face cache")],
     # niqe: pyiqa's file if present, else the parameters bundled with basicsr (see metrics.py)
-    "niqe": [("pyiqa", "niqe_modelparameters.mat", PYIQA_URL + "niqe_modelparameters.mat")],
+    "niqe": [_pyiqa("niqe_modelparameters.mat")],
 }
+OPTIONAL = {("niqe", "niqe_modelparameters.mat")}  # (metric, file) that have a local fallback
+
+
+def source_url(wf: WeightFile) -> str:
+    """Where to download ``wf`` from: its URL, with the Hub's address replaced by ``$HF_ENDPOINT`` when that is
+    set (pyiqa builds its own URLs with ``hf_hub_url``, which honours it too)."""
+    endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/")
+    if endpoint and wf.url.startswith(HF_DEFAULT_ENDPOINT + "/"):
+        return endpoint + wf.url[len(HF_DEFAULT_ENDPOINT):]
+    return wf.url
 
 
 class MissingWeightsError(RuntimeError):
@@ -74,8 +139,8 @@ class MissingWeightsError(RuntimeError):
             f"  it comes from: {source}\n"
             f"  put it at:     {expected}\n"
             f"  (weights folder {weights_dir}: set with --weights-dir, eval.weights_dir or ${ENV_VAR}; "
-            f"download the file on a machine with network access and copy it there. "
-            f"`ggt-ir eval --check-weights -opt <file>` lists every file the metrics need.)"
+            f"`ggt-ir weights fetch -opt <file>` downloads what is missing on a machine with network access, "
+            f"`ggt-ir weights check -opt <file>` lists every file the metrics need.)"
         )
 
 
@@ -90,41 +155,75 @@ def resolve_weights_dir(option: str | os.PathLike | None = None) -> Path:
     return Path(torch.hub.get_dir())
 
 
+def hub_file_path(weights_dir: Path, repo_id: str, filename: str) -> Path:
+    """Where a single Hub file goes in the weights folder (the ``--local-dir`` layout of ``hf download``)."""
+    return Path(weights_dir) / "huggingface" / repo_id / filename
+
+
+def target_path(wf: WeightFile, weights_dir: Path) -> Path:
+    """The path to put ``wf`` at so that its loader finds it (for ``hub-model``: the HF cache folder)."""
+    if wf.where == "hub":
+        return hub_file_path(weights_dir, wf.repo_id, wf.name)
+    if wf.where == "hub-model":
+        from huggingface_hub import constants
+
+        return Path(constants.HF_HUB_CACHE) / ("models--" + wf.repo_id.replace("/", "--"))
+    return Path(weights_dir) / wf.where / wf.name
+
+
+def find_file(wf: WeightFile, weights_dir: Path) -> Path | None:
+    """Where ``wf`` is on this machine (what its loader would read), or None. Never touches the network."""
+    if wf.where == "hub":
+        found = _hf_local(wf.repo_id, wf.name, Path(weights_dir))
+        return Path(found) if found else None
+    if wf.where == "hub-model":
+        return _hf_snapshot_local(wf.repo_id)
+    p = Path(weights_dir) / wf.where / wf.name
+    return p if p.is_file() else None
+
+
 def expected_path(weights_dir: Path, sub: str, filename: str) -> Path:
+    """Kept for callers of the old table layout: ``sub`` is a weights sub-folder or ``huggingface`` (then
+    ``filename`` is ``<repo id>/<file>``)."""
     if sub == "huggingface":
         repo, _, fname = filename.rpartition("/")
-        return weights_dir / "huggingface" / ("models--" + repo.replace("/", "--")) / "snapshots" / "<revision>" / fname
-    return weights_dir / sub / filename
+        return hub_file_path(weights_dir, repo, fname)
+    return Path(weights_dir) / sub / filename
 
 
 def missing_files(metric: str, weights_dir: Path) -> list[tuple[str, str, Path]]:
-    """(file, source URL, expected path) for each known file of ``metric`` not present locally."""
-    out = []
-    for sub, filename, url in KNOWN_WEIGHTS.get(metric, []):
-        if sub == "huggingface":
-            repo, _, fname = filename.rpartition("/")
-            if _hf_local(repo, fname, weights_dir) is None:
-                out.append((filename, url, expected_path(weights_dir, sub, filename)))
-        elif not (weights_dir / sub / filename).is_file():
-            out.append((filename, url, weights_dir / sub / filename))
-    return out
+    """(file, source URL, path to put it at) for each known file of ``metric`` that is not on this machine."""
+    return [(wf.label if wf.where.startswith("hub") else wf.name, source_url(wf), target_path(wf, weights_dir))
+            for wf in KNOWN_WEIGHTS.get(metric, []) if find_file(wf, weights_dir) is None]
 
 
 def _hf_local(repo_id: str, filename: str, weights_dir: Path, **kwargs) -> str | None:
-    """A Hub file from ``<weights>/huggingface`` or the default HF cache, never from the network."""
+    """A Hub file from the weights folder -- ``<weights>/huggingface/<repo>/<file>``, or a Hugging Face cache in
+    ``<weights>/huggingface`` -- or from the default Hugging Face cache; never from the network."""
+    flat = hub_file_path(weights_dir, repo_id, filename)
+    if flat.is_file():
+        return str(flat)
     from huggingface_hub import hf_hub_download
 
-    kwargs.pop("local_files_only", None)
-    kwargs.pop("cache_dir", None)
-    kwargs.pop("library_name", None)
-    kwargs.pop("library_version", None)
-    for cache in (weights_dir / "huggingface", None):
+    for k in ("local_files_only", "cache_dir", "library_name", "library_version", "force_download", "token"):
+        kwargs.pop(k, None)
+    for cache in (Path(weights_dir) / "huggingface", None):
         try:
             return hf_hub_download(repo_id, filename, cache_dir=str(cache) if cache else None,
                                    local_files_only=True, **kwargs)
         except Exception:  # LocalEntryNotFoundError and friends
             continue
     return None
+
+
+def _hf_snapshot_local(repo_id: str) -> Path | None:
+    """A complete cached snapshot of a model repo in the default Hugging Face cache (transformers reads it)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError, IncompleteSnapshotError
+        return None
 
 
 def _where(url: str, weights_dir: Path) -> tuple[str, Path]:
@@ -161,9 +260,9 @@ def offline_weights(metric: str, weights_dir: Path) -> Iterator[None]:
     def hf_download(repo_id, filename, *args, **kwargs):
         path = _hf_local(repo_id, filename, weights_dir, **kwargs)
         if path is None:
-            src = f"https://huggingface.co/{repo_id} (file {filename})"
+            src = f"{HF_DEFAULT_ENDPOINT}/{repo_id}/resolve/main/{filename}"
             raise MissingWeightsError(metric, f"{repo_id}/{filename}", src,
-                                      expected_path(weights_dir, "huggingface", f"{repo_id}/{filename}"), weights_dir)
+                                      hub_file_path(weights_dir, repo_id, filename), weights_dir)
         return path
 
     patches: list[tuple[object, str, object]] = [
@@ -177,6 +276,13 @@ def offline_weights(metric: str, weights_dir: Path) -> Iterator[None]:
 
         patches.append((timm_hub, "hf_hub_download", hf_download))
     except ImportError:  # pragma: no cover - timm is a pinned dependency
+        pass
+    try:  # A-FINE's CLIP loader reads ~/.cache/clip; read <weights>/clip like the other CLIP metrics
+        import pyiqa.archs.afineclip_model as afine_clip
+
+        own_download = afine_clip._download  # noqa: SLF001
+        patches.append((afine_clip, "_download", lambda url, root: own_download(url, str(weights_dir / "clip"))))
+    except ImportError:  # pragma: no cover - optional CLIP dependencies
         pass
     try:
         import huggingface_hub.constants as hfc
@@ -197,5 +303,5 @@ def offline_weights(metric: str, weights_dir: Path) -> Iterator[None]:
         torch.hub._hub_dir = old_hub_dir  # noqa: SLF001
 
 
-__all__ = ["ENV_VAR", "KNOWN_WEIGHTS", "MissingWeightsError", "resolve_weights_dir", "offline_weights",
-           "missing_files"]
+__all__ = ["ENV_VAR", "KNOWN_WEIGHTS", "WeightFile", "MissingWeightsError", "resolve_weights_dir", "offline_weights",
+           "missing_files", "find_file", "target_path", "source_url", "hub_file_path"]
