@@ -173,7 +173,8 @@ def run_with_kills(opt_path: Path, run_dir: Path, procs: int, kills: int, rng: r
             first = _last_checkpoint(run_dir) + 1
             if rng.random() < 0.2 or first > total - 1:  # in start-up (imports, building the model, loading)
                 deadline = time.time() + rng.uniform(0.5, 6.0)
-                while proc.poll() is None and time.time() < deadline:
+                # (on a fast, quiet machine start-up can be shorter than the delay: kill by the first new iteration)
+                while proc.poll() is None and time.time() < deadline and _iteration(run_dir, old_logs) < first:
                     time.sleep(0.02)
             else:  # once this start's log shows a random iteration after its checkpoint, plus a random delay
                 target = rng.randint(first, total - 1)
