@@ -401,6 +401,8 @@ def check_eval_page(b: Browser, paths: dict, shots: Path, log=print) -> list[Pat
     assert b.js("GGT.V.mode") == "toggle"
     b.key(" ")
     assert b.js("document.querySelector('.gv-b').style.visibility") == "hidden", "space did not flip the toggle"
+    b.key("t")
+    assert b.js("GGT.V.mode") == "slider" and b.js("document.querySelector('.gv-b').style.visibility") == ""
     b.key("Escape")
     assert b.js("document.getElementById('ggt-viewer').hidden"), "Escape did not close the viewer"
     # a grid panel opens the viewer too, on the image of that panel

@@ -17,7 +17,7 @@ import numpy as np
 from ggt_ir.config import options_to_yaml
 from ggt_ir.eval.webpage import arrow, esc, fmt, json_safe, page, scores_text
 from ggt_ir.utils.fs import atomic_write, atomic_write_json, atomic_write_text, sha256_text
-from ggt_ir.utils.image_io import save_jpeg, tensor_to_uint8
+from ggt_ir.utils.image_io import save_jpeg
 
 
 # --------------------------------------------------------------------------- summary
@@ -104,12 +104,14 @@ def grid_picks(categories: list[str], per_category: int) -> set[int]:
     return picks
 
 
-def _resized(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    import cv2
+def _resized(x, h: int, w: int):
+    """A (3, H, W) float tensor at (h, w): area-averaged when shrinking, nearest when enlarging. Resized
+    before the conversion to 8 bits, so a 1024² image costs a small tensor's conversion, not a full one."""
+    import torch.nn.functional as F
 
-    if img.shape[:2] == (h, w):
-        return img
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if h < img.shape[0] else cv2.INTER_NEAREST)
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    return F.interpolate(x[None].float(), size=(h, w), mode="area" if h < x.shape[-2] else "nearest")[0]
 
 
 def save_previews(out_dir: Path, set_name: str, key: str, images: dict, panel_height: int | None) -> dict:
@@ -118,19 +120,19 @@ def save_previews(out_dir: Path, set_name: str, key: str, images: dict, panel_he
     grid panels ``grids/<set>/<key>.<role>.jpg``. All are drawn at the output's size and aspect (an upscaling
     model's smaller LQ is enlarged). Returns ``{"thumbs": {role: path}, "panel": {role: path}}``, paths
     relative to ``out_dir``. Full-size images are never copied: the pages link the files themselves."""
-    arrays = {r: tensor_to_uint8(x) for r, x in images.items() if x is not None}
-    h, w = arrays["output"].shape[:2]
+    images = {r: x[0] if x.ndim == 4 else x for r, x in images.items() if x is not None}
+    h, w = images["output"].shape[-2:]
     t = THUMB_SIZE / max(h, w)
     th, tw = max(1, round(h * t)), max(1, round(w * t))
     out: dict = {"thumbs": {}}
-    for r, a in arrays.items():
+    for r, x in images.items():
         out["thumbs"][r] = rel = f"thumbs/{set_name}/{key}.{r}.jpg"
-        save_jpeg(_resized(a, th, tw), out_dir / rel, quality=85)
+        save_jpeg(_resized(x, th, tw), out_dir / rel, quality=85)
     if panel_height:
         out["panel"] = {}
-        for r, a in arrays.items():
+        for r, x in images.items():
             out["panel"][r] = rel = f"grids/{set_name}/{key}.{r}.jpg"
-            save_jpeg(_resized(a, panel_height, max(1, round(w * panel_height / h))), out_dir / rel, quality=92)
+            save_jpeg(_resized(x, panel_height, max(1, round(w * panel_height / h))), out_dir / rel, quality=92)
     return out
 
 
