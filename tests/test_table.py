@@ -86,3 +86,71 @@ def test_missing_summary_is_a_clear_error(tmp_path, capsys):
     bad.write_text("rows: [{model: X, data: Y, run: nope}]\ncolumns: [{set: test, metric: psnr}]\n")
     assert main(["-opt", str(bad), "--out-dir", str(tmp_path)]) == 2
     assert "summary not found: results/nope/summary.json" in capsys.readouterr().err
+
+
+def _copied_fixture(tmp_path: Path, edit) -> Path:
+    """The fixture table with its summaries copied to tmp_path, ``edit(name, summary)`` applied to each."""
+    import json
+    import shutil
+
+    import yaml
+
+    for src in (ROOT / "tests/data/results").glob("*/summary.json"):
+        s = json.loads(src.read_text())
+        for m in s["metrics"].values():
+            m["options"] = {"convention": "pyiqa"}
+        edit(src.parent.name, s)
+        (tmp_path / src.parent.name).mkdir()
+        (tmp_path / src.parent.name / "summary.json").write_text(json.dumps(s))
+    opt = yaml.safe_load((ROOT / TABLE).read_text())
+    opt["results_root"] = str(tmp_path)
+    opt["rows"][2] = {"run": "swinir_ggt"}
+    p = tmp_path / "table.yml"
+    p.write_text(yaml.safe_dump(opt))
+    return p
+
+
+def test_cells_scored_under_another_protocol_are_marked_or_refused(tmp_path):
+    from ggt_ir.config import OptionsError
+
+    def edit(name, s):
+        if name == "swinir_ggt":  # the column's best PSNR, scored with the other SSIM/PSNR convention
+            s["metrics"]["psnr"]["options"]["convention"] = "basicsr"
+        if name == "restormer_exist":  # the mean of 100 images, not 500
+            s["sets"]["test"]["num_images"] = 100
+
+    opt_file = _copied_fixture(tmp_path, edit)
+    table = build_table(load_table_options(opt_file))
+    cols = [f"{c.set}:{c.metric}:{c.category}" for c in table.opts.columns]
+    marked = {(table.row_label(i), cols[j]) for i, j in table.marks}
+    assert marked == {("SwinIR / GGT-100K", "test:psnr:None"), ("SwinIR / GGT-100K", "test:psnr:rain"),
+                      ("Restormer / Existing", "test:psnr:None"), ("Restormer / Existing", "test:ssim:None"),
+                      ("Restormer / Existing", "test:lpips:None")}  # per-category counts (rain) are unchanged
+    assert "options.convention" in table.protocol_keys[0] and "num_images" in table.protocol_keys[0]
+    md = to_markdown(table)
+    # marked cells take no part in the bold: the best PSNR left is Restormer / GGT-100K's 24.50
+    assert "| SwinIR | GGT-100K | 24.50† | **0.7512** |" in md and "| Restormer | GGT-100K | **24.50** |" in md
+    assert "| SwinIR | Δ (GGT-100K − Existing) | +1.25† |" in md
+    assert 'options.convention = "basicsr" (column: "pyiqa")' in md and "num_images = 100 (column: 500)" in md
+    assert r"24.50$^\dagger$" in to_latex(table)
+    table.opts.protocol = "strict"
+    with pytest.raises(OptionsError, match=r"SwinIR / GGT-100K \(.*swinir_ggt/summary.json\) in column test:psnr: "
+                                           r"options.convention"):
+        build_table(table.opts)
+    assert main(["-opt", str(opt_file), "--protocol", "strict", "--out-dir", str(tmp_path / "out")]) == 2
+
+
+def test_same_protocol_no_marks_and_html_page_and_delta_plot(tmp_path):
+    from PIL import Image
+
+    opt_file = _copied_fixture(tmp_path, lambda name, s: None)
+    assert main(["-opt", str(opt_file), "--out-dir", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert (out / "generalization.md").read_text() == EXPECTED_MD  # nothing marked
+    delta = Image.open(out / "generalization_delta.png")
+    assert delta.size[0] >= 900 and delta.size[1] > 100
+    page = (out / "generalization.html").read_text()
+    assert "<tr class='delta'>" in page and "same for every cell" in page
+    assert "No per-image data for" in page  # the fixtures have no per_image.json: said, not silently empty
+    assert main(["-opt", str(opt_file), "--out-dir", str(tmp_path / "out2"), "--no-html"]) == 0
+    assert not (tmp_path / "out2" / "generalization.html").exists()

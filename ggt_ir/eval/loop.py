@@ -7,13 +7,15 @@ with the metric suite; per-image rows are gathered to the main process, which wr
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from ggt_ir.eval.options import EvalOptions, use_cpu
-from ggt_ir.eval.report import save_grid_panel, summary_record, summary_table, write_results
-from ggt_ir.eval.sources import EvalError, open_source
+from ggt_ir.eval.report import grid_picks, save_previews, summary_record, summary_table, write_results
+from ggt_ir.eval.sources import EvalError, FolderSource, InputSource, RestorerSource, open_source
 
 
 def match_size(out: torch.Tensor, gt: torch.Tensor, where: str, max_diff: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -30,14 +32,56 @@ def match_size(out: torch.Tensor, gt: torch.Tensor, where: str, max_diff: int) -
     return out[..., :h, :w], gt[..., :h, :w], True
 
 
+def image_index(ds) -> list[tuple[str, dict[str, Path]]]:
+    """(category, {lq, gt: source file}) of every image of a map-style eval set, from its listing when it
+    has one (PairedFolder, LQFolder), else from its samples (no files then)."""
+    if hasattr(ds, "pairs"):
+        return [(p.category, {"lq": Path(p.lq), "gt": Path(p.gt)}) for p in ds.pairs]
+    if hasattr(ds, "items"):
+        return [(it[2], {"lq": Path(it[1])}) for it in ds.items]
+    return [(ds[i].get("category", "unknown"), {}) for i in range(len(ds))]
+
+
+def output_file(source, set_name: str, key: str, files: dict[str, Path]) -> Path | None:
+    """The full-size file of an image's output (what the report pages link to)."""
+    if isinstance(source, RestorerSource):
+        return source.images_dir / set_name / f"{key}.png"
+    if isinstance(source, FolderSource):
+        return source.files[set_name][key]
+    if isinstance(source, InputSource):
+        return files.get("lq")
+    return None
+
+
+def panel_scores(suite, smp: dict, row: dict, lq_is_output: bool) -> dict:
+    """Scores printed on a grid pick's LQ and GT panels: the LQ scored as if it were the output (full-reference
+    metrics only when it has the GT's size), the GT with the no-reference metrics."""
+    lq, gt, key = smp["lq"][None], smp.get("gt"), smp["key"]
+    if lq_is_output:
+        lq_scores = {k: v for k, v in row.items() if k in suite.metrics}
+    else:
+        ref = gt[None] if gt is not None and gt.shape == smp["lq"].shape else None
+        lq_scores = {k: v[0] for k, v in suite.score(lq, ref, [key]).items()}
+    out = {"lq": lq_scores}
+    if gt is not None:
+        out["gt"] = {k: v[0] for k, v in suite.score(gt[None], None, [key]).items()}
+    return out
+
+
+def _relative(path: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(out_dir))).as_posix()
+
+
 def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, world: int,
                  pbar: bool) -> list[dict]:
-    """This rank's slice of one eval set -> per-image rows (and the grid panels of its images)."""
+    """This rank's slice of one eval set -> per-image rows (and the previews of its images: thumbnails of
+    every image, grid panels of the first ``eval.num_grid`` images of each category)."""
     from tqdm import tqdm
 
     s = opt.eval
     mine = list(range(rank, len(ds), world))
-    grid_ids = set(range(min(s.num_grid, len(ds))))
+    index = image_index(ds)
+    grid_ids = grid_picks([c for c, _ in index], s.num_grid)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=None,
                                          num_workers=s.num_workers)
     rows, chunk = [], []
@@ -66,10 +110,16 @@ def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, 
                 if smp["_scored"][2]:
                     row["note"] = "cropped top-left to match sizes"
                 rows.append(row)
-        for i, smp in samples:
+                smp["_row"] = row
+        for i, smp in samples:  # what the report pages show: previews, full-size files, the grid picks' scores
+            row, files = smp["_row"], dict(index[i][1])
+            files["output"] = output_file(source, set_name, smp["key"], files)
+            row["files"] = {k: _relative(f, opt.out_dir) for k, f in files.items() if f is not None}
+            row.update(save_previews(opt.out_dir, set_name, smp["key"], {"lq": smp["lq"], "output": smp["out"],
+                                                                          "gt": smp.get("gt")},
+                                     s.grid_size if i in grid_ids else None))
             if i in grid_ids:
-                panels = [smp["lq"], smp["out"]] + ([smp["gt"]] if smp.get("gt") is not None else [])
-                save_grid_panel(panels, s.grid_size, opt.out_dir / "grids" / set_name / f"{i:05d}.png")
+                row["panel_scores"] = panel_scores(suite, smp, row, isinstance(source, InputSource))
         bar.update(len(samples))
 
     for i, smp in zip(mine, loader):
@@ -102,8 +152,8 @@ def run_evaluation(opt: EvalOptions, state=None, log=print) -> dict | None:
     out_dir = opt.out_dir
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for p in (out_dir / "grids").glob("**/*.png"):
-            p.unlink()
+        for p in [*(out_dir / "grids").glob("**/*.[pj][np]g"), *(out_dir / "thumbs").glob("**/*.jpg")]:
+            p.unlink()  # previews of an earlier evaluation under the same name
     state.wait_for_everyone()
 
     suite = MetricSuite(opt.metrics, device=device, weights_dir=s.weights_dir, strict=s.strict, seed=s.seed, log=say)

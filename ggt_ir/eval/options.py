@@ -46,7 +46,7 @@ class EvalSettings:
     batch_size: int = 4
     num_workers: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    num_grid: int = 4  # images per set in the comparison grid
+    num_grid: int = 4  # images of each category in the report grids (the first ones, in set order)
     grid_size: int = 256  # panel height in the grid
     max_size_diff: int = 16  # output vs GT sizes may differ by this many pixels (cropped top-left)
     pbar: bool = True

@@ -108,6 +108,18 @@ def save_png(img: np.ndarray | torch.Tensor, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_jpeg(img: np.ndarray | torch.Tensor, path: str | os.PathLike, quality: int = 88) -> Path:
+    """Write an (H, W, 3) uint8 RGB array, or a float CHW tensor in [0, 1], as a JPEG (previews in reports;
+    images that are scored are always PNG)."""
+    if not isinstance(img, np.ndarray):
+        img = tensor_to_uint8(img)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]):
+        raise OSError(f"could not write image {path}")
+    return path
+
+
 def side_by_side(*images: torch.Tensor, gap: int = 4) -> np.ndarray:
     """Panels (e.g. LQ | output | HQ) at the largest height; smaller ones upscaled (nearest)."""
     import torch
