@@ -24,6 +24,22 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def resumable_train_loader(dataset, seed: int, rank: int, world_size: int, start_iter: int) -> Iterator[dict]:
+    """Endless training batches of a map-style dataset (``dataset.opts`` holds its loader options) for one rank,
+    starting after ``start_iter`` batches: the same batches whatever the number of workers (exact resume)."""
+    o = dataset.opts
+    sampler = ResumableBatchSampler(len(dataset), o.batch_size_per_gpu, seed=seed, rank=rank,
+                                    world_size=world_size, start=start_iter)
+    dataset.batches_per_epoch = sampler.batches_per_epoch  # shown as the epoch in the training log
+    return iter(torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=o.num_worker_per_gpu, collate_fn=collate,
+        pin_memory=o.pin_memory, persistent_workers=False,
+        prefetch_factor=4 if o.num_worker_per_gpu else None,
+        # its own generator: creating the loader must not draw from the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(seed),
+    ))
+
+
 class PairedFolderDataset(torch.utils.data.Dataset):
     @dataclass
     class Options:
@@ -96,14 +112,4 @@ class PairedFolderDataset(torch.utils.data.Dataset):
                 "prompt": self.opts.prompt}
 
     def train_loader(self, seed: int, rank: int, world_size: int, start_iter: int) -> Iterator[dict]:
-        sampler = ResumableBatchSampler(len(self), self.opts.batch_size_per_gpu, seed=seed, rank=rank,
-                                        world_size=world_size, start=start_iter)
-        self.batches_per_epoch = sampler.batches_per_epoch  # shown as the epoch in the training log
-        workers = self.opts.num_worker_per_gpu
-        return iter(torch.utils.data.DataLoader(
-            self, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-            pin_memory=self.opts.pin_memory, persistent_workers=False,
-            prefetch_factor=4 if workers else None,
-            # its own generator: creating the loader must not draw from the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(seed),
-        ))
+        return resumable_train_loader(self, seed, rank, world_size, start_iter)

@@ -31,9 +31,8 @@ from torch.nn import functional as F
 from ggt_ir.utils.seeding import seeded
 from ggt_ir.config import OptionsError, at_least
 from ggt_ir.data.pairing import find_pairs, list_images, normalize_category
-from ggt_ir.data.paired_folder import collate
+from ggt_ir.data.paired_folder import collate, resumable_train_loader
 from ggt_ir.utils.image_io import read_image, to_tensor
-from ggt_ir.data.sampler import ResumableBatchSampler
 from ggt_ir.data.transforms import paired_flip_rot
 
 KERNELS = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
@@ -291,14 +290,4 @@ class SyntheticDegradationDataset(torch.utils.data.Dataset):
         return {"lq": lq.contiguous(), "gt": gt, "key": key, "category": category, "prompt": o.prompt}
 
     def train_loader(self, seed: int, rank: int, world_size: int, start_iter: int) -> Iterator[dict]:
-        sampler = ResumableBatchSampler(len(self), self.opts.batch_size_per_gpu, seed=seed, rank=rank,
-                                        world_size=world_size, start=start_iter)
-        self.batches_per_epoch = sampler.batches_per_epoch  # shown as the epoch in the training log
-        workers = self.opts.num_worker_per_gpu
-        return iter(torch.utils.data.DataLoader(
-            self, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-            pin_memory=self.opts.pin_memory, persistent_workers=False,
-            prefetch_factor=4 if workers else None,
-            # its own generator: creating the loader must not draw from the global RNG (exact resume)
-            generator=torch.Generator().manual_seed(seed),
-        ))
+        return resumable_train_loader(self, seed, rank, world_size, start_iter)
