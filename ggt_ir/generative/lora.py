@@ -143,14 +143,15 @@ def adapter_summary(model) -> dict:
     return out
 
 
-def export_peft_adapter(model, adapter_name: str, folder: str | Path) -> Path:
-    """``folder/adapter_config.json`` + ``adapter_model.safetensors`` (peft's own layout)."""
+def export_peft_adapter(model, adapter_name: str, folder: str | Path, state: dict | None = None) -> Path:
+    """``folder/adapter_config.json`` + ``adapter_model.safetensors`` (peft's own layout). ``state``: the
+    model's (gathered) state dict to take the tensors from, default its own."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    sd = get_peft_model_state_dict(model, state_dict=state, adapter_name=adapter_name)
     save_file({"base_model.model." + k: v.detach().float().cpu().contiguous() for k, v in sd.items()},
               str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     cfg = model.peft_config[adapter_name]

@@ -38,7 +38,8 @@ from ggt_ir.utils.tiling import tiled_apply
 
 SD_SUBFOLDERS = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"]
 VAE_SAMPLE = ("train", "always", "never")  # when the VAE posterior is sampled (else its mode is used)
-CONV_IN_FILE = "unet_conv_in.safetensors"  # the fully trained conv_in of an export (train_conv_in)
+CONV_IN_FILE = "unet_conv_in.safetensors"
+LORA_MARK_ = L.LORA_MARK  # the fully trained conv_in of an export (train_conv_in)
 # the layers whose outputs feed x0 (precise_x0): held and run in fp32
 FP32_LAYERS = {"unet": ("conv_out",), "vae": ("encoder.conv_out", "quant_conv")}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -151,6 +152,8 @@ class OneStepSD(nn.Module):
         for m in (self.unet, self.vae):
             set_attention(m, attention, dispatcher=False)
         set_vae_memory(self.vae, vae_tiling, vae_slicing)
+        # FSDP's transformer-based auto-wrap shards the UNet's (and VAE's) blocks
+        self._no_split_modules = list(getattr(self.unet, "_no_split_modules", None) or [])
         self._prompt_cache: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
         self.max_cached_prompts = max_cached_prompts
 
@@ -269,24 +272,31 @@ class OneStepSD(nn.Module):
     def adapter_info(self) -> dict:
         return {k: L.adapter_summary(m) for k, m in self.adapter_models().items()}
 
-    def export_adapters(self, folder: str | Path, step: int, extra: dict | None = None) -> Path:
+    def export_adapters(self, folder: str | Path, step: int, extra: dict | None = None,
+                        state: dict | None = None) -> Path:
         """peft folders per adapter (``unet.default_encoder/`` ...), the UNet LoRA in diffusers' SD-pipeline
-        format (``pytorch_lora_weights.safetensors``, for ``pipe.load_lora_weights``) and ``ggt_ir_adapter.json``."""
+        format (``pytorch_lora_weights.safetensors``, for ``pipe.load_lora_weights``), the trained conv_in and
+        ``ggt_ir_adapter.json``. ``state``: the trained tensors gathered from sharded (FSDP) ranks, keyed as this
+        module's ``state_dict``; default: the module's own."""
         from diffusers import StableDiffusionPipeline
         from peft import get_peft_model_state_dict
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+
+        def part(comp):  # a component's share of the gathered state, keyed as its own state_dict
+            return None if state is None else {k[len(comp) + 1:]: v for k, v in state.items() if k.startswith(comp + ".")}
+
         listing = {}
         for comp, model in self.adapter_models().items():
             for name in getattr(model, "peft_config", {}):
-                L.export_peft_adapter(model, name, folder / f"{comp}.{name}")
+                L.export_peft_adapter(model, name, folder / f"{comp}.{name}", state=part(comp))
                 listing[f"{comp}.{name}"] = {"component": comp, "adapter": name}
         unet_cfgs = getattr(self.unet, "peft_config", {})
         if unet_cfgs:
             sd = {}
             for name in unet_cfgs:
-                sd.update(get_peft_model_state_dict(self.unet, adapter_name=name))
+                sd.update(get_peft_model_state_dict(self.unet, state_dict=part("unet"), adapter_name=name))
             ranks = {c.r for c in unet_cfgs.values()}
             alphas = {c.lora_alpha for c in unet_cfgs.values()}
             meta = None
@@ -300,7 +310,10 @@ class OneStepSD(nn.Module):
         if self.full_trained:
             from safetensors.torch import save_file
 
-            save_file(self.conv_in_state(), str(folder / CONV_IN_FILE), metadata={"format": "pt"})
+            conv_in = self.conv_in_state() if state is None else {
+                "conv_in." + k.rsplit(".", 1)[1]: v.detach().float().cpu().contiguous()
+                for k, v in state.items() if k.startswith("unet.conv_in.") and LORA_MARK_ not in k}
+            save_file(conv_in, str(folder / CONV_IN_FILE), metadata={"format": "pt"})
             trained["unet.conv_in"] = CONV_IN_FILE
         write_export_record(
             folder, self, network="OneStepSD", step=step, adapters=listing, extra=extra, trained_modules=trained,

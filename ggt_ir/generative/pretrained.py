@@ -127,6 +127,25 @@ def load_component(cls, name: str, subfolder: str, *, revision: str | None = Non
                                                       all_subfolders, text)) from None
 
 
+def load_component_on_meta(cls, name: str, subfolder: str, *, revision: str | None = None, variant: str | None = None,
+                           allow_download: bool = False, torch_dtype=None, all_subfolders: list[str] | None = None):
+    """The component built from its ``config.json`` with its parameters on ``meta``: no weight is read (the ranks > 0 of
+    FSDP's RAM-efficient loading, which receive their shards from rank 0). A diffusers model class."""
+    from accelerate import init_empty_weights
+
+    src, local = resolve(name, all_subfolders or [subfolder], revision)
+    kwargs = {} if local else {"revision": revision, "local_files_only": not allow_download or _offline()}
+    try:
+        config = cls.load_config(src, subfolder=subfolder, **kwargs)
+    except (OSError, ValueError) as e:
+        text = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PretrainedNotFoundError(f"{name}/{subfolder}: config.json could not be read ({text}); "
+                                      f"{download_hint(name, revision)}") from None
+    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers and other tensors computed
+        model = cls.from_config(config)
+    return model.to(torch_dtype) if torch_dtype is not None else model
+
+
 # ---------------------------------------------------------------------------------------------- pre-flight
 def _cached_snapshot(name: str, revision: str | None) -> Path | None:
     try:

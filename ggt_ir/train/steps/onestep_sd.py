@@ -234,12 +234,19 @@ class OneStepSDStep(Step):
         with self.inference_network() as net:
             return net.restore(lq, sample_prompts(sample)).float().clamp(0, 1)
 
+    def before_export(self) -> None:
+        """Collective (all ranks): under FSDP gather the trained tensors (LoRA + conv_in) for the export."""
+        from ggt_ir.generative.sharding import kind
+
+        self._gathered = self.acc.get_state_dict(self.net_g) if kind(self.acc) == "fsdp" else None
+
     def export(self, path_stem, it: int) -> list[str]:
-        """``<stem>/``: peft adapter folders, diffusers ``pytorch_lora_weights.safetensors``, ``ggt_ir_adapter.json``
-        (the EMA weights when EMA is on)."""
+        """``<stem>/``: peft adapter folders, diffusers ``pytorch_lora_weights.safetensors``, the trained conv_in,
+        ``ggt_ir_adapter.json`` (the EMA weights when EMA is on)."""
         net = self.acc.unwrap_model(self.net_g)
         extra = {"ema": self.ema is not None, "experiment": self.opt.name}
+        state = getattr(self, "_gathered", None)
         with self.ema_weights(net):
-            atomic_dir(Path(path_stem), lambda tmp: net.export_adapters(tmp, it, extra))
+            atomic_dir(Path(path_stem), lambda tmp: net.export_adapters(tmp, it, extra, state=state))
         return [str(path_stem)]
 
