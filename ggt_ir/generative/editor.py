@@ -44,18 +44,29 @@ from ggt_ir.generative.onestep_sd import resolve_dtype
 DEFAULT_PROMPT = "Restore this photo: remove the degradation (noise, blur, rain, haze, low light) and keep the content."
 
 
+@contextlib.contextmanager
 def _zero3_init_disabled():
-    """Frozen helpers must not be partitioned by DeepSpeed ZeRO-3's init hook (they are never prepared)."""
+    """Frozen helpers must not be partitioned by DeepSpeed ZeRO-3's init hook (they are never prepared).
+    accelerate's ``zero3_init_context_manager(enable=False)`` keeps transformers' ZeRO-3 config (stage 3), which
+    transformers 5 still reads as "partition at init"; so the config is unset here and set back after."""
+    plugin = None
     try:
         from accelerate.state import AcceleratorState
 
         if AcceleratorState._shared_state:
             plugin = AcceleratorState().deepspeed_plugin
-            if plugin is not None:
-                return plugin.zero3_init_context_manager(enable=False)
     except Exception:  # noqa: BLE001 - accelerate not initialised / no DeepSpeed
-        pass
-    return contextlib.nullcontext()
+        plugin = None
+    if plugin is None or int(plugin.zero_stage) != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def calculate_shift(seq_len: int, cfg) -> float:

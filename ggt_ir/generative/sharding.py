@@ -119,6 +119,18 @@ def sharded_summary(module: nn.Module) -> dict:
     return {"sharded": n_sharded, "plain": n_plain, "local_elements": local, "elements": full}
 
 
+def partition_zero3(module: nn.Module, accelerator) -> bool:
+    """ZeRO-3: partition ``module``'s parameters where they are (CPU) before DeepSpeed places it, so no GPU ever
+    holds the whole frozen base (``deepspeed.zero.Init(module=...)``). True when it did."""
+    if zero_stage(accelerator) != 3:
+        return False
+    import deepspeed
+
+    cfg = accelerator.state.deepspeed_plugin.deepspeed_config
+    deepspeed.zero.Init(module=module, config_dict_or_path=cfg)
+    return True
+
+
 def gather_lora_zero3(module: nn.Module) -> dict:
     """The LoRA tensors of a ZeRO-3 module, gathered (collective: every rank calls it); full copies on CPU."""
     import deepspeed

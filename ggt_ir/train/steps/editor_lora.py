@@ -89,6 +89,7 @@ class EditorLoRAStep(Step):
                                          t.gradient_accumulation_steps, t.grad_clip)
         if self.sharded:  # the transformer is placed (and sharded) by FSDP / DeepSpeed, never whole on each GPU
             net.move_helpers(accelerator.device)
+            sharding.partition_zero3(net.transformer, accelerator)
         else:
             net.to(accelerator.device)
         with sharding.prepare_trained(net):  # FSDP's RAM-efficient loading reloads the whole state dict
