@@ -22,18 +22,21 @@ TEXT_PLACEMENTS = ("gpu", "offload", "cpu")
 
 
 # ---------------------------------------------------------------------------------------------- precision
-def _fp32_forward(forward, x, *args, **kwargs):
+def _fp32_forward(forward, keep_dtype, x, *args, **kwargs):
     with torch.autocast(device_type=x.device.type, enabled=False):
-        return forward(x.float(), *args, **kwargs)
+        out = forward(x.float(), *args, **kwargs)
+    return out.to(x.dtype) if keep_dtype else out
 
 
-def run_in_fp32(module: nn.Module) -> nn.Module:
-    """Hold ``module``'s weights in fp32 and run it in fp32: autocast off, input upcast. Its output is then
-    fp32, not rounded to bf16/fp16. Apply after LoRA adapters are added (the whole peft layer runs in fp32)."""
+def run_in_fp32(module: nn.Module, output: str = "fp32") -> nn.Module:
+    """Hold ``module``'s weights in fp32 and run it in fp32: autocast off, input upcast. ``output="fp32"``: its
+    output stays fp32, not rounded to bf16/fp16 (the layers feeding x0); ``"input"``: cast back to the input's
+    dtype (a fully trained fp32 layer inside a bf16 network, e.g. the UNet's conv_in). Apply after LoRA adapters
+    are added (the whole peft layer runs in fp32)."""
     if getattr(module, "_ggt_fp32", False):
         return module
     module.float()
-    module.forward = functools.partial(_fp32_forward, module.forward)
+    module.forward = functools.partial(_fp32_forward, module.forward, output == "input")
     module._ggt_fp32 = True
     return module
 

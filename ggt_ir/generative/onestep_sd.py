@@ -143,6 +143,8 @@ class OneStepSD(nn.Module):
                 L.add_adapters(self.vae, {"default_encoder": names}, lora_rank_vae, lora_alpha_vae, lora_init)
         if precise_x0:
             fp32_layers(self.adapter_models())
+        if train_conv_in:  # trained, so fp32 like every trained tensor; its output back in the network's dtype
+            run_in_fp32(self.unet.conv_in, output="input")
         self.num_trainable = L.mark_only_lora_trainable(self, full=self.full_trained)
         L.keep_lora_state_only(self, full=self.full_trained)
 
