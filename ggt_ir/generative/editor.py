@@ -395,5 +395,6 @@ class EditorLoRA(nn.Module):
         for sub, entry in info["adapters"].items():
             L.load_peft_adapter(self.transformer, folder / sub, entry["adapter"])
         L.activate(self.transformer, ["default"])
-        self.transformer.to(self.dtype_)
+        if self.config.get("quantize", "none") == "none":  # a quantized model keeps its storage dtypes
+            self.transformer.to(self.dtype_)
         L.mark_only_lora_trainable(self)

@@ -171,6 +171,9 @@ def load_peft_adapter(model, folder: str | Path, adapter_name: str) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")
         model.add_adapter(cfg, adapter_name=adapter_name)
+    for n, p in model.named_parameters():  # fp32 before the values go in (a bf16 base would round them)
+        if LORA_MARK in "." + n and f".{adapter_name}." in n + ".":
+            p.data = p.data.float()
     sd = {k.removeprefix("base_model.model."): v for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}
     res = set_peft_model_state_dict(model, sd, adapter_name=adapter_name)
     unexpected = getattr(res, "unexpected_keys", None) or []
