@@ -8,10 +8,11 @@ ACCELERATE_LOCAL := --num_processes 1 --num_machines 1 --mixed_precision no --dy
 
 # Create the virtualenv and install the project with pinned versions (lock.txt). basicsr and pyiqa are
 # installed without their stale declared dependencies (see README, "Installation").
+# The test, quant (torchao, bitsandbytes) and deepspeed extras are installed so that their tests run here too.
 setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml lock.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]' -c lock.txt
+	$(BIN)/pip install -q -e '.[test,quant,deepspeed]' -c lock.txt
 	$(BIN)/pip install -q --no-deps --no-build-isolation -r requirements-nodeps.txt -c lock.txt
 	touch $@
 

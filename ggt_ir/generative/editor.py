@@ -38,23 +38,35 @@ from torch import nn
 from ggt_ir.generative import lora as L
 from ggt_ir.generative.adapters import read_export_record, rebuild_arguments, write_export_record
 from ggt_ir.generative.editors import FAMILIES
+from ggt_ir.generative.memory import set_attention, set_vae_memory
 from ggt_ir.generative.onestep_sd import resolve_dtype
 
 DEFAULT_PROMPT = "Restore this photo: remove the degradation (noise, blur, rain, haze, low light) and keep the content."
 
 
+@contextlib.contextmanager
 def _zero3_init_disabled():
-    """Frozen helpers must not be partitioned by DeepSpeed ZeRO-3's init hook (they are never prepared)."""
+    """Frozen helpers must not be partitioned by DeepSpeed ZeRO-3's init hook (they are never prepared).
+    accelerate's ``zero3_init_context_manager(enable=False)`` keeps transformers' ZeRO-3 config (stage 3), which
+    transformers 5 still reads as "partition at init"; so the config is unset here and set back after."""
+    plugin = None
     try:
         from accelerate.state import AcceleratorState
 
         if AcceleratorState._shared_state:
             plugin = AcceleratorState().deepspeed_plugin
-            if plugin is not None:
-                return plugin.zero3_init_context_manager(enable=False)
     except Exception:  # noqa: BLE001 - accelerate not initialised / no DeepSpeed
-        pass
-    return contextlib.nullcontext()
+        plugin = None
+    if plugin is None or int(plugin.zero_stage) != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def calculate_shift(seq_len: int, cfg) -> float:
@@ -87,6 +99,13 @@ class EditorLoRA(nn.Module):
         adapters: Optional[str] = None,  # start from an exported adapter folder
         weight_dtype: str = "auto",  # frozen weights: auto (from train.mixed_precision) | fp32 | bf16 | fp16
         gradient_checkpointing: bool = False,
+        # memory
+        quantize: str = "none",  # frozen transformer: none | nf4 (bitsandbytes, CUDA) | int8 | fp8 (torchao)
+        quantize_text_encoders: bool = False,  # the same quantization for the text encoder(s)
+        text_encoders: str = "gpu",  # gpu | offload (CPU RAM; on the GPU only while encoding) | cpu
+        attention: str = "sdpa",  # sdpa | flash | xformers | sage | ... (diffusers' attention backends)
+        vae_tiling: bool = False,  # diffusers' tiled VAE encode/decode
+        vae_slicing: bool = False,  # diffusers' per-image VAE passes over a batch
         # flow-matching training
         weighting_scheme: str = "none",  # none (uniform sigma) | logit_normal | mode | cosmap | sigma_sqrt
         logit_mean: float = 0.0,
@@ -104,6 +123,7 @@ class EditorLoRA(nn.Module):
         negative_prompt: str = " ",
         inference_seed: int = 0,
         _mixed_precision: str = "no",
+        _transformer_on_meta: bool = False,  # FSDP RAM-efficient loading: ranks > 0 build it on meta (sharding.py)
     ):
         super().__init__()
         if family not in FAMILIES:
@@ -121,10 +141,15 @@ class EditorLoRA(nn.Module):
         self.dtype_ = resolve_dtype(weight_dtype, _mixed_precision)
         # the family's components and conventions (a plain object: its helpers are not sub-modules)
         self.editor = FAMILIES.get(family)(self.dtype_, max_sequence_length=max_sequence_length,
-                                           max_cached_prompts=max_cached_prompts)
+                                           max_cached_prompts=max_cached_prompts, text_encoders=text_encoders)
         with _zero3_init_disabled():
             self.transformer = self.editor.load(pretrained, revision=revision, variant=variant,
-                                                allow_download=allow_download)
+                                                allow_download=allow_download, quantize=quantize,
+                                                quantize_text_encoders=quantize_text_encoders,
+                                                transformer_on_meta=_transformer_on_meta)
+        self.quantize = quantize
+        # FSDP's transformer-based auto-wrap shards the transformer's own blocks (no class names in the config)
+        self._no_split_modules = list(getattr(self.transformer, "_no_split_modules", None) or [])
         self.transformer.requires_grad_(False)
         for m in self._frozen_modules():
             m.requires_grad_(False).eval()
@@ -153,9 +178,18 @@ class EditorLoRA(nn.Module):
                              init_lora_weights=lora_init, lora_dropout=lora_dropout, target_modules=names)
             self.transformer.add_adapter(cfg, adapter_name="default")
         self.num_trainable = L.mark_only_lora_trainable(self)
+        if _transformer_on_meta:
+            # the trained tensors get real (CPU) storage: their values come from rank 0 during prepare, but
+            # accelerate maps optimizer parameters to the sharded ones by storage address (0 on meta for all)
+            for mod in self.modules():
+                for k, q in list(mod._parameters.items()):
+                    if q is not None and q.requires_grad and q.is_meta:
+                        mod._parameters[k] = nn.Parameter(torch.zeros(q.shape, dtype=q.dtype))
         L.keep_lora_state_only(self)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
+        set_attention(self.transformer, attention)
+        set_vae_memory(self.editor.vae, vae_tiling, vae_slicing)
 
     # ------------------------------------------------------------------ components
     def _frozen_modules(self):
@@ -167,15 +201,29 @@ class EditorLoRA(nn.Module):
             return editor.frozen[name]
         return super().__getattr__(name)
 
-    def _apply(self, fn, *args, **kwargs):  # .to(device) / .cuda() move the frozen helpers too
+    def _apply(self, fn, *args, **kwargs):
+        """.to(device) / .cuda() move the frozen helpers too -- not to ``meta`` (FSDP's RAM-efficient loading
+        moves the sharded module there; the helpers stay), and not the text encoders unless placed on the GPU."""
         super()._apply(fn, *args, **kwargs)
-        for m in self._frozen_modules():
+        if fn(torch.zeros(0)).device.type == "meta":
+            return self
+        for m in self.helpers_on_device():
             m._apply(fn, *args, **kwargs)
         return self
 
+    def helpers_on_device(self) -> list:
+        """The frozen helpers that live on the compute device (the VAE, and the text encoders placed ``gpu``)."""
+        off = set(self.editor.text_encoder_names) if self.editor.text.stays_on_cpu else set()
+        return [m for k, m in self.editor.frozen.items() if k not in off]
+
+    def move_helpers(self, device) -> None:
+        """Put the frozen helpers on ``device`` (the trained module is placed by accelerate / FSDP / DeepSpeed)."""
+        for m in self.helpers_on_device():
+            m.to(device)
+
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        return self.editor.device  # the VAE's: the transformer's parameters may be sharded or quantized
 
     # ------------------------------------------------------------------ sizes and buckets
     def bucket_for(self, h: int, w: int) -> tuple[int, int]:
@@ -347,5 +395,6 @@ class EditorLoRA(nn.Module):
         for sub, entry in info["adapters"].items():
             L.load_peft_adapter(self.transformer, folder / sub, entry["adapter"])
         L.activate(self.transformer, ["default"])
-        self.transformer.to(self.dtype_)
+        if self.config.get("quantize", "none") == "none":  # a quantized model keeps its storage dtypes
+            self.transformer.to(self.dtype_)
         L.mark_only_lora_trainable(self)

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -18,8 +19,9 @@ from torch import nn
 
 LORA_MARK = ".lora_"
 
-# OSEDiff's choice of layers (attention projections, feed-forward, convolutions)
-UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_shortcut", "conv_out",
+# OSEDiff's choice of layers (attention projections, feed-forward, convolutions): cswry/OSEDiff osediff.py:45
+# (its substring grep on parameter names; conv_in is LoRA-wrapped there too, and also trained fully)
+UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut", "conv_out",
                 "proj_in", "proj_out", "ff.net.2", "ff.net.0.proj"]
 VAE_ENCODER_TARGETS = ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v",
                        "to_out.0", "quant_conv"]
@@ -79,33 +81,58 @@ def activate(model, names: list[str]) -> None:
             m.set_adapter([n for n in names if n in m.lora_A] or names)
 
 
-def mark_only_lora_trainable(module: nn.Module, fp32: bool = True) -> int:
-    """requires_grad only on LoRA tensors, which are kept fp32 (frozen weights may be bf16/fp16)."""
+def is_trained(name: str, full: tuple[str, ...] = ()) -> bool:
+    """A LoRA tensor, or a tensor of a fully trained module (``full``: name prefixes, e.g. ``unet.conv_in.``)."""
+    dotted = "." + name
+    return LORA_MARK in dotted or any("." + f in dotted for f in full)
+
+
+def mark_only_lora_trainable(module: nn.Module, fp32: bool = True, full: tuple[str, ...] = ()) -> int:
+    """requires_grad only on LoRA tensors (and on the modules named by the ``full`` prefixes), which are kept
+    fp32 (frozen weights may be bf16/fp16 or quantized)."""
     n = 0
     for name, p in module.named_parameters():
-        is_lora = LORA_MARK in "." + name
-        p.requires_grad_(is_lora)
-        if is_lora:
+        trained = is_trained(name, full)
+        p.requires_grad_(trained)
+        if trained:
             n += p.numel()
             if fp32 and p.dtype != torch.float32:
                 p.data = p.data.float()
     return n
 
 
-def keep_lora_state_only(module: nn.Module) -> None:
-    """``module.state_dict()`` keeps only LoRA tensors; ``load_state_dict`` does not miss frozen ones.
+def keep_lora_state_only(module: nn.Module, full: tuple[str, ...] = ()) -> None:
+    """``module.state_dict()`` keeps only the trained tensors (LoRA + the ``full`` prefixes); ``load_state_dict``
+    does not miss frozen ones. Inside :func:`full_state_dict` the state dict is complete (FSDP's RAM-efficient
+    loading snapshots and reloads the whole model through ``state_dict``).
 
     Works through DDP wrappers too (hooks run during the recursive state-dict walk)."""
+    module._ggt_full_state = False
 
     def drop_frozen(mod, state, prefix, _meta):
-        for k in [k for k in state if k.startswith(prefix) and LORA_MARK not in "." + k[len(prefix):]]:
+        if mod.__dict__.get("_ggt_full_state"):
+            return
+        for k in [k for k in state if k.startswith(prefix) and not is_trained(k[len(prefix):], full)]:
             del state[k]
 
     def ignore_frozen_missing(mod, incompatible):
-        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if LORA_MARK in "." + k]
+        if mod.__dict__.get("_ggt_full_state"):
+            return
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if is_trained(k, full)]
 
     module.register_state_dict_post_hook(drop_frozen)
     module.register_load_state_dict_post_hook(ignore_frozen_missing)
+
+
+@contextlib.contextmanager
+def full_state_dict(module: nn.Module):
+    """Inside: ``module.state_dict()`` holds every tensor, frozen ones included (see :func:`keep_lora_state_only`)."""
+    before = module.__dict__.get("_ggt_full_state", False)
+    module._ggt_full_state = True
+    try:
+        yield module
+    finally:
+        module._ggt_full_state = before
 
 
 def adapter_summary(model) -> dict:
@@ -116,14 +143,15 @@ def adapter_summary(model) -> dict:
     return out
 
 
-def export_peft_adapter(model, adapter_name: str, folder: str | Path) -> Path:
-    """``folder/adapter_config.json`` + ``adapter_model.safetensors`` (peft's own layout)."""
+def export_peft_adapter(model, adapter_name: str, folder: str | Path, state: dict | None = None) -> Path:
+    """``folder/adapter_config.json`` + ``adapter_model.safetensors`` (peft's own layout). ``state``: the
+    model's (gathered) state dict to take the tensors from, default its own."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    sd = get_peft_model_state_dict(model, state_dict=state, adapter_name=adapter_name)
     save_file({"base_model.model." + k: v.detach().float().cpu().contiguous() for k, v in sd.items()},
               str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     cfg = model.peft_config[adapter_name]
@@ -143,6 +171,9 @@ def load_peft_adapter(model, folder: str | Path, adapter_name: str) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*multiple adapters.*")
         model.add_adapter(cfg, adapter_name=adapter_name)
+    for n, p in model.named_parameters():  # fp32 before the values go in (a bf16 base would round them)
+        if LORA_MARK in "." + n and f".{adapter_name}." in n + ".":
+            p.data = p.data.float()
     sd = {k.removeprefix("base_model.model."): v for k, v in load_file(str(folder / "adapter_model.safetensors")).items()}
     res = set_peft_model_state_dict(model, sd, adapter_name=adapter_name)
     unexpected = getattr(res, "unexpected_keys", None) or []

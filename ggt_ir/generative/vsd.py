@@ -8,8 +8,11 @@ One extra UNet loaded from the same base weights holds both scores:
   diffusion loss on the (detached) generator latents -- its own optimizer and schedule.
 
 Sharing the frozen weights saves one UNet of memory compared with OSEDiff's separate ``unet_fix`` and
-``unet_update``. The generator gets ``0.5 * ||z - sg(z - g)||^2`` with
-``g = (x0_fake - x0_real) / mean|z - x0_real|`` (the distribution-matching gradient).
+``unet_update``. As OSEDiff (cswry/OSEDiff osediff.py:206-243) the generator gets ``||z - sg(z - g)||^2``
+(mean, no 1/2) with ``g = (x0_fake - x0_real) / mean|z - x0_real|`` (the distribution-matching gradient),
+at t in [min_timestep, max_timestep) = [20, 980); the fake score's diffusion loss draws t in
+[diffusion_min_timestep, diffusion_max_timestep) = [0, 1000) (osediff.py:183). The noising and every x0 are
+computed in fp32; with the generator's ``precise_x0`` the UNet's ``conv_out`` runs in fp32 as well.
 """
 from __future__ import annotations
 
@@ -55,14 +58,21 @@ class VSDRegularizer(nn.Module):
         self.unet.requires_grad_(False)
         names = L.find_targets(self.unet, opts.lora_targets or L.UNET_TARGETS)
         L.add_adapters(self.unet, {"vsd_fake": names}, opts.lora_rank, opts.lora_alpha)
+        if c.get("precise_x0"):
+            from ggt_ir.generative.memory import run_in_fp32
+
+            run_in_fp32(self.unet.conv_out)
         self.num_trainable = L.mark_only_lora_trainable(self)
         L.keep_lora_state_only(self)
         if c.get("gradient_checkpointing"):
             self.unet.enable_gradient_checkpointing()
         self.register_buffer("alphas_cumprod", generator.alphas_cumprod.clone(), persistent=False)
         self.prediction_type = generator.prediction_type
-        if not 0 <= opts.min_timestep < opts.max_timestep <= len(self.alphas_cumprod):
-            raise ValueError(f"train.vsd_opt: need 0 <= min_timestep < max_timestep <= {len(self.alphas_cumprod)}")
+        n = len(self.alphas_cumprod)
+        if not 0 <= opts.min_timestep < opts.max_timestep <= n:
+            raise ValueError(f"train.vsd_opt: need 0 <= min_timestep < max_timestep <= {n}")
+        if not 0 <= opts.diffusion_min_timestep < opts.diffusion_max_timestep <= n:
+            raise ValueError(f"train.vsd_opt: need 0 <= diffusion_min_timestep < diffusion_max_timestep <= {n}")
 
     def _a(self, t, ref):
         return self.alphas_cumprod.to(ref.device)[t].float().view(-1, 1, 1, 1)
@@ -75,8 +85,8 @@ class VSDRegularizer(nn.Module):
             return a.sqrt() * z - (1 - a).sqrt() * pred.float()
         return pred.float()
 
-    def _sample_t(self, n, device):
-        return torch.randint(self.opts.min_timestep, self.opts.max_timestep, (n,), device=device, dtype=torch.long)
+    def _sample_t(self, n, device, lo: int, hi: int):
+        return torch.randint(lo, hi, (n,), device=device, dtype=torch.long)
 
     def _unet(self, z, t, emb):
         return self.unet(z.to(self.dtype_), t, encoder_hidden_states=emb.to(self.dtype_)).sample
@@ -84,7 +94,7 @@ class VSDRegularizer(nn.Module):
     def vsd_loss(self, latents: torch.Tensor, emb: torch.Tensor, neg_emb: torch.Tensor) -> torch.Tensor:
         """Generator loss; gradients reach ``latents`` only (call on the unwrapped module)."""
         z = latents.float()
-        t = self._sample_t(z.shape[0], z.device)
+        t = self._sample_t(z.shape[0], z.device, self.opts.min_timestep, self.opts.max_timestep)
         noise = torch.randn_like(z)
         with torch.no_grad():
             a = self._a(t, z)
@@ -96,12 +106,12 @@ class VSDRegularizer(nn.Module):
             x0_fake = self._x0(self._unet(noisy, t, emb), noisy, t)
             w = (z - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
             grad = torch.nan_to_num((x0_fake - x0_real) / w)
-        return 0.5 * F.mse_loss(z, (z - grad).detach())
+        return F.mse_loss(z, (z - grad).detach())
 
     def forward(self, latents: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """Fake-score diffusion loss on detached generator latents (trains the ``vsd_fake`` LoRA)."""
         z = latents.detach().float()
-        t = self._sample_t(z.shape[0], z.device)
+        t = self._sample_t(z.shape[0], z.device, self.opts.diffusion_min_timestep, self.opts.diffusion_max_timestep)
         noise = torch.randn_like(z)
         a = self._a(t, z)
         noisy = a.sqrt() * z + (1 - a).sqrt() * noise

@@ -154,12 +154,20 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Every rank scores a disjoint slice of each val set; sums are reduced across ranks."""
+        """Every rank scores a disjoint slice of each val set; sums are reduced across ranks. Under FSDP /
+        DeepSpeed every forward is a collective, so each rank runs the same number of images: the last slice is
+        padded with repeats that run but are not scored or saved."""
+        from accelerate.utils import DistributedType
+
         acc, o, it = self.acc, self.opt, self.state.iter
         results = {}
         metric_items = list(o.val.metrics.items())
+        collective = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         for set_name, dataset in self.val_sets.items():
-            indices = range(acc.process_index, len(dataset), acc.num_processes)
+            n_val, world = len(dataset), acc.num_processes
+            per_rank = -(-n_val // world) if collective else None
+            indices = ([acc.process_index + k * world for k in range(per_rank)] if collective
+                       else range(acc.process_index, n_val, world))
             # [model metrics..., input (LQ) metrics..., image count]
             sums = torch.zeros(2 * len(metric_items) + 1, dtype=torch.float64, device=acc.device)
             nm = len(metric_items)
@@ -167,6 +175,10 @@ class Trainer:
             bar = tqdm(indices, desc=f"val {set_name}", leave=False,  # bars on a terminal only (disable=None)
                        disable=None if (acc.is_main_process and o.val.pbar) else True)
             for i in bar:
+                if i >= n_val:  # padding (collective launches): same forwards on every rank, not scored
+                    sample = dataset[n_val - 1]
+                    self.step.restore(sample["lq"][None].to(acc.device), sample)
+                    continue
                 sample = dataset[i]
                 lq = sample["lq"][None].to(acc.device)
                 out = quantize(self.step.restore(lq, sample))

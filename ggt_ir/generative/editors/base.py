@@ -19,30 +19,50 @@ class EditorFamily:
     pipeline: str = ""  # the diffusers pipeline class (its LoRA file format; docs)
     subfolders: tuple[str, ...] = ()  # the diffusers folder layout the family loads
     lora_targets: tuple[str, ...] = ()  # default LoRA layer-name suffixes (diffusers' LoRA scripts)
+    text_encoder_names: tuple[str, ...] = ("text_encoder",)  # the keys of :attr:`frozen` that encode instructions
     patch: int = 2  # latents are packed in patch x patch tokens
 
-    def __init__(self, dtype: torch.dtype, *, max_sequence_length: int = 512, max_cached_prompts: int = 1024):
-        """``dtype``: frozen weights. Instruction-encoding options: each family uses those that apply to it."""
+    def __init__(self, dtype: torch.dtype, *, max_sequence_length: int = 512, max_cached_prompts: int = 1024,
+                 text_encoders: str = "gpu"):
+        """``dtype``: frozen weights. Instruction-encoding options: each family uses those that apply to it;
+        ``text_encoders``: where the text encoders live (``memory.TextEncoders``)."""
+        from ggt_ir.generative.memory import TextEncoders
+
         self.dtype = dtype
         self.max_sequence_length, self.max_cached_prompts = max_sequence_length, max_cached_prompts
+        self.text = TextEncoders(text_encoders)
         self.frozen: dict[str, nn.Module] = {}  # moved with the EditorLoRA, never trained or wrapped
         self.vae_factor: int = 1  # image pixels per latent pixel (set by load_components)
         self.latent_channels: int = 0
 
     # ------------------------------------------------------------------ loading
     def load(self, pretrained: str, *, revision: str | None = None, variant: str | None = None,
-             allow_download: bool = False) -> nn.Module:
+             allow_download: bool = False, quantize: str = "none", quantize_text_encoders: bool = False,
+             transformer_on_meta: bool = False) -> nn.Module:
         """Load the components from ``pretrained`` (folder or Hub id, never downloading silently); returns
-        the transformer, keeps the frozen helpers in :attr:`frozen` and the scheduler in :attr:`scheduler`."""
+        the transformer, keeps the frozen helpers in :attr:`frozen` and the scheduler in :attr:`scheduler`.
+        ``quantize``: the transformer (and with ``quantize_text_encoders`` the text encoders) loaded quantized
+        (``memory.quantization_config``); ``transformer_on_meta``: built from its config on ``meta``, no weights read."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        from ggt_ir.generative.pretrained import load_component
+        from ggt_ir.generative.memory import quantization_config
+        from ggt_ir.generative.pretrained import load_component, load_component_on_meta
 
         common = dict(revision=revision, variant=variant, allow_download=allow_download,
                       all_subfolders=list(self.subfolders))
+        if quantize != "none" and transformer_on_meta:
+            raise ValueError("network_g.quantize with FSDP's fsdp_cpu_ram_efficient_loading is not supported; "
+                             "set fsdp_cpu_ram_efficient_loading: false in the accelerate config")
 
-        def weights(cls, subfolder: str):  # a network, in the frozen-weight dtype (and the variant)
-            return load_component(cls, pretrained, subfolder, torch_dtype=self.dtype, **common)
+        def weights(cls, subfolder: str, role: str | None = None):
+            """A network in the frozen-weight dtype (and the variant); ``role``: transformer | text."""
+            if role == "transformer" and transformer_on_meta:
+                return load_component_on_meta(cls, pretrained, subfolder, torch_dtype=self.dtype, **common)
+            kind = quantize if role == "transformer" or (role == "text" and quantize_text_encoders) else "none"
+            library = "diffusers" if cls.__module__.startswith("diffusers") else "transformers"
+            q = quantization_config(kind, library, self.dtype)
+            return load_component(cls, pretrained, subfolder, torch_dtype=self.dtype, **common,
+                                  **({"quantization_config": q} if q is not None else {}))
 
         def files(cls, subfolder: str):  # tokenizers, processors, the scheduler
             return load_component(cls, pretrained, subfolder, **{**common, "variant": None})
@@ -65,7 +85,13 @@ class EditorFamily:
 
     @property
     def device(self) -> torch.device:
+        """The compute device (the VAE's; text encoders may be placed on the CPU)."""
         return next(self.frozen["vae"].parameters()).device
+
+    def text_encoders_ready(self):
+        """Context for encoding: the text encoders on the device they run on (``text_encoders`` placement);
+        yields the device for their inputs."""
+        return self.text.ready([self.frozen[k] for k in self.text_encoder_names], self.device)
 
     # ------------------------------------------------------------------ the family's conventions
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ class FluxKontext(EditorFamily):
     pipeline = "FluxKontextPipeline"
     subfolders = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
     # diffusers' FLUX(-Kontext) LoRA script: attention + feed-forward layers
+    text_encoder_names = ("text_encoder", "text_encoder_2")
     lora_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
                     "ff_context.net.2", "proj_mlp")
@@ -40,10 +41,10 @@ class FluxKontext(EditorFamily):
         from diffusers import AutoencoderKL, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-        transformer = weights(FluxTransformer2DModel, "transformer")
+        transformer = weights(FluxTransformer2DModel, "transformer", role="transformer")
         vae = weights(AutoencoderKL, "vae")
-        self.frozen.update(vae=vae, text_encoder=weights(CLIPTextModel, "text_encoder"),
-                           text_encoder_2=weights(T5EncoderModel, "text_encoder_2"))
+        self.frozen.update(vae=vae, text_encoder=weights(CLIPTextModel, "text_encoder", role="text"),
+                           text_encoder_2=weights(T5EncoderModel, "text_encoder_2", role="text"))
         self.tokenizer = files(CLIPTokenizer, "tokenizer")
         self.tokenizer_2 = files(T5TokenizerFast, "tokenizer_2")
         self.vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
@@ -62,18 +63,20 @@ class FluxKontext(EditorFamily):
 
     @torch.no_grad()
     def encode_text(self, prompts, images=None):
-        """{"emb": T5 hidden states, "pooled": CLIP pooled}; cached per prompt (LRU, ``max_cached_prompts``)."""
+        """{"emb": T5 hidden states, "pooled": CLIP pooled}; cached per prompt (LRU, ``max_cached_prompts``), so
+        the text encoders run on a cache miss only (with ``text_encoders: offload`` that is the only time they are
+        on the GPU)."""
         new = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if new:
-            dev = self.device
-            ids = self.tokenizer(new, padding="max_length", max_length=self.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids
-            pooled = self.text_encoder(ids.to(dev), output_hidden_states=False).pooler_output
-            ids2 = self.tokenizer_2(new, padding="max_length", max_length=self.max_sequence_length, truncation=True,
-                                    return_tensors="pt").input_ids
-            emb = self.text_encoder_2(ids2.to(dev), output_hidden_states=False)[0]
+            with self.text_encoders_ready() as dev:
+                ids = self.tokenizer(new, padding="max_length", max_length=self.tokenizer.model_max_length,
+                                     truncation=True, return_tensors="pt").input_ids
+                pooled = self.text_encoder(ids.to(dev), output_hidden_states=False).pooler_output
+                ids2 = self.tokenizer_2(new, padding="max_length", max_length=self.max_sequence_length,
+                                        truncation=True, return_tensors="pt").input_ids
+                emb = self.text_encoder_2(ids2.to(dev), output_hidden_states=False)[0]
             for p, e, q in zip(new, emb, pooled):
-                self._prompt_cache[p] = (e.detach(), q.detach())
+                self._prompt_cache[p] = (e.detach().to(self.device), q.detach().to(self.device))
         for p in prompts:
             self._prompt_cache.move_to_end(p)
         while len(self._prompt_cache) > self.max_cached_prompts:

@@ -31,9 +31,10 @@ class QwenImageEdit(EditorFamily):
         from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
         from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer, Qwen2VLProcessor
 
-        transformer = weights(QwenImageTransformer2DModel, "transformer")
+        transformer = weights(QwenImageTransformer2DModel, "transformer", role="transformer")
         vae = weights(AutoencoderKLQwenImage, "vae")
-        self.frozen.update(vae=vae, text_encoder=weights(Qwen2_5_VLForConditionalGeneration, "text_encoder"))
+        self.frozen.update(vae=vae, text_encoder=weights(Qwen2_5_VLForConditionalGeneration, "text_encoder",
+                                                         role="text"))
         self.tokenizer = files(Qwen2Tokenizer, "tokenizer")
         self.processor = files(Qwen2VLProcessor, "processor")
         self.vae_factor = 2 ** len(vae.temperal_downsample)
@@ -64,13 +65,14 @@ class QwenImageEdit(EditorFamily):
 
         pil = [Image.fromarray((im.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round()
                                .astype("uint8")) for im in images]
-        inputs = self.processor(text=[self.TEMPLATE.format(p) for p in prompts], images=pil, padding=True,
-                                return_tensors="pt").to(self.device)
-        out = self.text_encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                pixel_values=inputs.get("pixel_values"), image_grid_thw=inputs.get("image_grid_thw"),
-                                output_hidden_states=True)
-        mask = inputs["attention_mask"].bool()
-        hidden = out.hidden_states[-1]
+        with self.text_encoders_ready() as dev:  # every call: the encoder sees the image (offload: each step)
+            inputs = self.processor(text=[self.TEMPLATE.format(p) for p in prompts], images=pil, padding=True,
+                                    return_tensors="pt").to(dev)
+            out = self.text_encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                    pixel_values=inputs.get("pixel_values"),
+                                    image_grid_thw=inputs.get("image_grid_thw"), output_hidden_states=True)
+            mask = inputs["attention_mask"].bool().to(self.device)
+            hidden = out.hidden_states[-1].to(self.device)
         parts = [h[m][self.DROP:] for h, m in zip(hidden, mask)]
         n = max(p.shape[0] for p in parts)
         emb = torch.stack([torch.cat([p, p.new_zeros(n - p.shape[0], p.shape[1])]) for p in parts])

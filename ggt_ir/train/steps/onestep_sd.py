@@ -4,6 +4,14 @@ Losses from the options: ``train.pixel_opt``/``train.losses`` (e.g. MSELoss = L2
 (LPIPS-VGG from local files) and ``train.vsd_opt`` (variational score distillation). With VSD there are
 two trained modules (generator, fake-score UNet) and two optimizers; both modules are inside
 ``accelerator.accumulate(...)`` and both optimizers and schedules are checkpointed by ``save_state``.
+
+The loss scales are OSEDiff's (cswry/OSEDiff train_osediff.py:277-285, osediff.py:241): the pixel losses
+are taken on images in [-1, 1] (``train.pixel_loss_range: signed``; ``unit`` = [0, 1], a quarter of the MSE),
+LPIPS on the same range, VSD without a 1/2, so ``loss_weight`` 1 : 2 : 1 is OSEDiff's lambda_l2 : lambda_lpips
+: lambda_vsd.
+
+Distributed: DDP for everything; FSDP for OneStepSD without VSD; DeepSpeed is refused (two trained modules
+with VSD, fp32 x0 layers without), at option-load time when ``accelerate launch`` says so, else at start.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from typing import List, Optional
 
 import torch
 
-from ggt_ir.config import OptionsError, at_least, in_range
+from ggt_ir.config import OptionsError, at_least, choice, in_range
 from ggt_ir.train.options import OptimOptions, Options, TrainOptions
 from ggt_ir.train.step_api import NONFINITE, Step
 from ggt_ir.utils.fs import atomic_dir
@@ -40,8 +48,10 @@ class VSDOptions:
     lora_targets: Optional[List[str]] = None  # default: attention projections + convolutions of the UNet
     cfg: float = at_least(7.5, 0.0)  # classifier-free guidance of the frozen (real score) UNet
     neg_prompt: str = ""
-    min_timestep: int = in_range(20, 0, 999)
+    min_timestep: int = in_range(20, 0, 999)  # VSD (generator) t in [min, max): OSEDiff osediff.py:208
     max_timestep: int = in_range(980, 1, 1000)
+    diffusion_min_timestep: int = in_range(0, 0, 999)  # fake-score diffusion loss t: OSEDiff osediff.py:183
+    diffusion_max_timestep: int = in_range(1000, 1, 1000)
     start_iter: int = at_least(0, 0)  # add the VSD term to the generator loss from this iteration on
     optim: OptimOptions = field(default_factory=lambda: OptimOptions(lr=5e-5))
 
@@ -50,6 +60,8 @@ class VSDOptions:
 class OneStepSDTrainOptions(TrainOptions):
     lpips_opt: Optional[LPIPSOptions] = None
     vsd_opt: Optional[VSDOptions] = None
+    # pixel losses on images in [-1, 1] (signed: the VAE's range, OSEDiff train_osediff.py:277) or [0, 1] (unit)
+    pixel_loss_range: str = choice("signed", "signed", "unit")
 
 
 @dataclass
@@ -71,17 +83,73 @@ class OneStepSDStep(Step):
         if v is not None and v.min_timestep >= v.max_timestep:
             raise OptionsError(f"{src}: train.vsd_opt.min_timestep ({v.min_timestep}) must be below "
                                f"max_timestep ({v.max_timestep})")
+        if v is not None and v.diffusion_min_timestep >= v.diffusion_max_timestep:
+            raise OptionsError(f"{src}: train.vsd_opt.diffusion_min_timestep ({v.diffusion_min_timestep}) must be "
+                               f"below diffusion_max_timestep ({v.diffusion_max_timestep})")
+        from ggt_ir.generative.sharding import launched_with
+
+        refusal = cls.refusal(launched_with(), v is not None, t.ema_decay)
+        if refusal:
+            raise OptionsError(f"{src}: {refusal}")
+
+    @staticmethod
+    def refusal(launch: str, vsd: bool, ema_decay: float) -> str | None:
+        """Why this launch cannot train these options (one line naming the alternative), or None."""
+        if launch == "deepspeed":
+            what = ("train.vsd_opt trains two modules (generator and fake score) with two optimizers, which "
+                    "accelerate's DeepSpeed integration does not support" if vsd else
+                    "DeepSpeed casts every weight to its dtype, which undoes network_g.precise_x0's fp32 x0 layers")
+            return (f"model_type onestep_sd with DeepSpeed: {what}; launch with DDP "
+                    "(accelerate launch --multi_gpu --num_processes N train.py ...; SD-2.1 + LoRA fits one GPU)"
+                    + ("" if vsd else " or FSDP (--config_file options/accelerate/fsdp_bf16_8gpu.yaml)"))
+        if launch == "fsdp" and vsd:
+            return ("model_type onestep_sd with FSDP: train.vsd_opt (a second trained module with its own "
+                    "optimizer) is trained with DDP only; launch with DDP (accelerate launch --multi_gpu "
+                    "--num_processes N train.py ...; SD-2.1 + LoRA fits one GPU) or remove train.vsd_opt")
+        if launch in ("fsdp", "deepspeed") and ema_decay > 0:
+            return "train.ema_decay > 0 is not supported with FSDP/DeepSpeed (the EMA would hold shards); set train.ema_decay: 0"
+        return None
+
+    @staticmethod
+    def preflight(opt) -> list[str]:
+        """Every weight file the run will read that is missing (base components, LPIPS, adapters), at once."""
+        from ggt_ir.generative.lpips import lpips_files, LPIPS_URL, VGG_URL
+        from ggt_ir.generative.pretrained import preflight
+
+        g, t = opt.network_g, opt.train
+        comps = {"unet": "network", "vae": "network", "text_encoder": "network", "tokenizer": "tokenizer",
+                 "scheduler": "scheduler"}
+        missing = preflight(g["pretrained"], comps, revision=g.get("revision"), variant=g.get("variant"),
+                            allow_download=g.get("allow_download", False))
+        if t.lpips_opt is not None:
+            lo = t.lpips_opt
+            for f, url in zip(lpips_files(lo.weights_dir, lo.vgg_path, lo.lin_path), (VGG_URL, LPIPS_URL)):
+                if not f.is_file():
+                    missing.append(f"LPIPS {f} (download {url}; or set train.lpips_opt.weights_dir / $GGT_IR_WEIGHTS)")
+        for src in (g.get("adapters"), opt.path.pretrain_network_g):
+            if src and not (Path(src) / "ggt_ir_adapter.json").is_file():
+                missing.append(f"{src}/ggt_ir_adapter.json (an exported adapter folder, models/net_g_<iter>)")
+        return missing
 
     def __init__(self, opt, accelerator, log):
+        from ggt_ir.generative import sharding
         from ggt_ir.generative.onestep_sd import OneStepSD
+        from ggt_ir.generative.pretrained import PretrainedNotFoundError, preflight_error
         from ggt_ir.losses import build_losses
         from ggt_ir.train.optim import LRFactor, build_optimizer
 
         self.opt, self.acc, self.log, t = opt, accelerator, log, opt.train
+        refusal = self.refusal(sharding.kind(accelerator), t.vsd_opt is not None, t.ema_decay)
+        if refusal:  # a launch the environment did not reveal at option-load time
+            raise ValueError(refusal)
+        missing = self.preflight(opt)
+        if missing:
+            raise PretrainedNotFoundError(preflight_error(missing))
         kwargs = {k: v for k, v in opt.network_g.items() if k != "type"}
         if opt.path.pretrain_network_g:  # exported adapters to start from
             kwargs["adapters"] = opt.path.pretrain_network_g
         net = OneStepSD(**kwargs, _mixed_precision=t.mixed_precision)
+        self.signed = t.pixel_loss_range == "signed"
         self.losses = {}
         if t.pixel_opt or t.losses:
             self.losses = {k: m.to(accelerator.device) for k, m in build_losses(t).items()}
@@ -93,7 +161,11 @@ class OneStepSDStep(Step):
             self.lpips = LPIPSVGG(lo.weights_dir, lo.vgg_path, lo.lin_path).to(accelerator.device)
         self.vsd, self.reg = t.vsd_opt, None
         if self.vsd is None:
-            self.prepare_generator(net)
+            with sharding.prepare_trained(net):  # FSDP's RAM-efficient loading reloads the whole state dict
+                self.prepare_generator(net)
+            sharding.register_inference(self.net_g, accelerator)
+            if sharding.kind(accelerator) == "fsdp" and not net.text_placement.stays_on_cpu:
+                net.text_encoder.to(accelerator.device)  # a helper outside the sharded tree
         else:
             from ggt_ir.generative.vsd import VSDRegularizer
 
@@ -116,7 +188,13 @@ class OneStepSDStep(Step):
         out = {"network_g": f"OneStepSD from {net.config['pretrained']}, {self.num_params / 1e6:.3f} M parameters, "
                             f"{self.num_trainable / 1e6:.3f} M trainable (LoRA)",
                "LoRA": lora or "none",
-               "frozen weights": str(net.dtype_).replace("torch.", ""),
+               "frozen weights": str(net.dtype_).replace("torch.", "") + (
+                   "; z, UNet output and x0 in fp32 (precise_x0)" if net.precise_x0 else ""),
+               "trained fully": ", ".join(p.rstrip(".") for p in net.full_trained) or "none",
+               "VAE posterior": {"train": "sampled in training, mode at inference", "always": "always sampled",
+                                 "never": "mode"}[net.vae_sample],
+               "pixel losses on": "[-1, 1]" if self.signed else "[0, 1]",
+               "text encoder": net.text_placement.placement,
                "prompt": f"{net.prompt_mode} {net.prompt!r}" if net.prompt_mode != "empty" else "empty",
                "losses": ", ".join([*self.losses, *(["l_lpips"] if self.lpips else []), *(["l_vsd"] if self.vsd else [])]),
                "EMA": f"decay {self.ema.decay} (LoRA tensors)" if self.ema else "off"}
@@ -132,7 +210,9 @@ class OneStepSDStep(Step):
         with acc.accumulate(*modules):
             out, z0, emb = self.net_g(batch["lq"], batch.get("prompt"))
             gt = batch["gt"]
-            losses = {name: fn(out, gt) for name, fn in self.losses.items()}
+            # OSEDiff's L2 is on [-1, 1] images (train_osediff.py:277); LPIPS maps [0, 1] to [-1, 1] itself
+            po, pg = (out * 2 - 1, gt * 2 - 1) if self.signed else (out, gt)
+            losses = {name: fn(po, pg) for name, fn in self.losses.items()}
             if self.lpips is not None:
                 losses["l_lpips"] = t.lpips_opt.loss_weight * self.lpips(out, gt).mean()
             if self.reg is not None and it > self.vsd.start_iter:
@@ -154,12 +234,19 @@ class OneStepSDStep(Step):
         with self.inference_network() as net:
             return net.restore(lq, sample_prompts(sample)).float().clamp(0, 1)
 
+    def before_export(self) -> None:
+        """Collective (all ranks): under FSDP gather the trained tensors (LoRA + conv_in) for the export."""
+        from ggt_ir.generative.sharding import kind
+
+        self._gathered = self.acc.get_state_dict(self.net_g) if kind(self.acc) == "fsdp" else None
+
     def export(self, path_stem, it: int) -> list[str]:
-        """``<stem>/``: peft adapter folders, diffusers ``pytorch_lora_weights.safetensors``, ``ggt_ir_adapter.json``
-        (the EMA weights when EMA is on)."""
+        """``<stem>/``: peft adapter folders, diffusers ``pytorch_lora_weights.safetensors``, the trained conv_in,
+        ``ggt_ir_adapter.json`` (the EMA weights when EMA is on)."""
         net = self.acc.unwrap_model(self.net_g)
         extra = {"ema": self.ema is not None, "experiment": self.opt.name}
+        state = getattr(self, "_gathered", None)
         with self.ema_weights(net):
-            atomic_dir(Path(path_stem), lambda tmp: net.export_adapters(tmp, it, extra))
+            atomic_dir(Path(path_stem), lambda tmp: net.export_adapters(tmp, it, extra, state=state))
         return [str(path_stem)]
 
