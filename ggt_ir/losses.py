@@ -26,6 +26,7 @@ LOSSES = Registry(
         "CharbonnierLoss": "ggt_ir.losses:CharbonnierLoss",
         "PSNRLoss": "ggt_ir.losses:PSNRLoss",
     },
+    entry_point_group="ggt_ir.losses",  # plugins of installed packages (registry.py)
 )
 
 

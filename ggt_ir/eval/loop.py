@@ -33,7 +33,7 @@ def match_size(out: torch.Tensor, gt: torch.Tensor, where: str, max_diff: int) -
 def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, world: int,
                  pbar: bool) -> list[dict]:
     """This rank's slice of one eval set -> per-image rows (and the grid panels of its images)."""
-    from tqdm import tqdm
+    from ggt_ir.utils.progress import progress
 
     s = opt.eval
     mine = list(range(rank, len(ds), world))
@@ -41,7 +41,7 @@ def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, 
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=None,
                                          num_workers=s.num_workers)
     rows, chunk = [], []
-    bar = tqdm(total=len(mine), desc=f"eval {set_name}", unit="img", disable=not pbar, dynamic_ncols=True)
+    bar = progress(total=len(mine), desc=f"eval {set_name}", unit="img", enabled=pbar)  # lines in a log file
 
     def flush():
         samples = list(chunk)

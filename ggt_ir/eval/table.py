@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ggt_ir.config import OptionsError, load_typed
+from ggt_ir.config import OptionsError, add_import_argument, import_modules, load_typed
 
 DEFAULT_METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "musiq": "MUSIQ",
                          "maniqa": "MANIQA", "maniqa-pipal": "MANIQA", "clipiqa": "CLIPIQA", "topiq_nr": "TOPIQ",
@@ -71,6 +71,7 @@ class DeltaOptions:
 @dataclass
 class TableOptions:
     name: str = "table"
+    imports: List[str] = field(default_factory=list)  # user modules to import first (registry.py: plugins)
     title: str = ""
     label: str = ""  # LaTeX \label
     results_root: str = "results"
@@ -386,8 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="output stem (default: the option file's name)")
     p.add_argument("--out-dir", help="output folder (default: results/tables)")
     p.add_argument("--no-plot", action="store_true")
+    add_import_argument(p)
     a = p.parse_args(argv)
     try:
+        import_modules(a.imports, "--import")
         if a.opt:
             opts = load_table_options(a.opt)
         else:
