@@ -54,13 +54,15 @@ def _u8(img: np.ndarray) -> np.ndarray:
 
 
 def degrade_general(x, rng):
+    """Blur, down-up resize, sensor noise, JPEG: the noise stays visible (sigma 0.05-0.08, JPEG quality 70-95).
+    The random draws are those of recipe version 1 (mapped to these ranges), so no other sample changes."""
     h, w = x.shape[:2]
-    y = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.8, 1.6))
-    f = rng.uniform(0.5, 0.8)
+    y = cv2.GaussianBlur(x, (0, 0), 0.6 + (rng.uniform(0.8, 1.6) - 0.8) * 0.75)
+    f = 0.6 + (rng.uniform(0.5, 0.8) - 0.5)
     y = cv2.resize(cv2.resize(y, (int(w * f), int(h * f)), interpolation=cv2.INTER_AREA), (w, h),
                    interpolation=cv2.INTER_LINEAR)
-    y = y + rng.normal(0, rng.uniform(0.02, 0.05), y.shape).astype(np.float32)
-    return _jpeg(y, int(rng.integers(30, 60)))
+    y = y + rng.normal(0, 0.05 + (rng.uniform(0.02, 0.05) - 0.02), y.shape).astype(np.float32)
+    return _jpeg(y, 70 + (int(rng.integers(30, 60)) - 30) * 25 // 29)
 
 
 def degrade_rain(x, rng):
@@ -125,7 +127,7 @@ def build_demo(out: str | Path, size: int = 128, train_per_category: int = 8, te
     root = Path(out) / "GGT-demo"
     marker = root / "demo.json"
     recipe = {"size": size, "train_per_category": train_per_category, "test_per_category": test_per_category,
-              "val_per_category": val_per_category, "seed": seed, "version": 2}
+              "val_per_category": val_per_category, "seed": seed, "version": 3}
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return root  # already built with the same recipe
     photos = load_photos()

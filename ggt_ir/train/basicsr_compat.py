@@ -31,7 +31,8 @@ GAN_MODEL_TYPES = ("SRGANModel", "ESRGANModel", "RealESRGANModel", "SwinIRGANMod
                    "StyleGAN2Model", "VideoGANModel", "VideoRecurrentGANModel")
 GAN_KEYS = {"network_d": None, "path": ("pretrain_network_d", "param_key_d", "strict_load_d"),
             "train": ("optim_d", "scheduler_d", "gan_opt", "perceptual_opt", "net_d_iters", "net_d_init_iters",
-                      "net_d_reg_every", "r1_reg_weight", "path_reg_weight", "gan_gt_usm", "percep_gt_usm")}
+                      "net_d_reg_every", "r1_reg_weight", "path_reg_weight")}
+GAN_TOP_KEYS = ("percep_gt_usm", "gan_gt_usm")  # Real-ESRGAN: USM targets of the perceptual and GAN losses
 
 IGNORED_TOP = {"num_gpu": "accelerate decides the processes", "dist_params": "accelerate sets up the process group",
                "find_unused_parameters": "the DDP wrapper is accelerate's",
@@ -117,6 +118,10 @@ def _model_type(r: dict, t: Translation) -> None:
     elif mt in GAN_MODEL_TYPES:
         present = ["network_d"] if "network_d" in r else []
         r.pop("network_d", None)
+        for k in GAN_TOP_KEYS:
+            if k in r:
+                r.pop(k)
+                present.append(k)
         for block, keys in GAN_KEYS.items():
             for k in keys or ():
                 if isinstance(r.get(block), dict) and k in r[block]:
