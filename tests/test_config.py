@@ -17,6 +17,7 @@ def test_demo_option_file_loads(demo_root, tmp_path):
     assert opt.datasets["train"].gt_size == 64
     assert opt.train.optim_g.lr == pytest.approx(1e-3)
     assert list(opt.val_sets()) == ["val"]
+    assert opt.datasets["val"].split == "val"  # validation (and "best") on the held-out val split, never test
 
 
 def test_unknown_key_names_file_path_and_closest_key(demo_root, tmp_path):
@@ -115,4 +116,74 @@ def test_a_key_of_another_family_names_that_family(demo_root, tmp_path):
     opt = tiny_options(demo_root, tmp_path / "exp")
     opt["train"]["vsd_opt"] = {"lora_rank": 2}
     with pytest.raises(OptionsError, match=r"'train.vsd_opt' is an option of model_type onestep_sd"):
+        load_options(_write(tmp_path, opt))
+
+
+def test_repeated_set_accumulates_on_the_command_line(demo_root, tmp_path, monkeypatch):
+    """`train.py --set a=1 --set b=2` keeps both (it used to keep only the last), as does `--set a=1 b=2`."""
+    from ggt_ir.train import cli
+
+    path = _write(tmp_path, tiny_options(demo_root, tmp_path))
+    seen = {}
+
+    def fake_load(p, overrides, debug=False):
+        seen["overrides"] = list(overrides)
+        raise OptionsError("stop here")
+
+    monkeypatch.setattr("ggt_ir.train.options.load_options", fake_load)
+    cli.main(["-opt", str(path), "--set", "train.total_iter=3", "--set", "val.val_freq=1", "logger.print_freq=1"])
+    assert seen["overrides"] == ["train.total_iter=3", "val.val_freq=1", "logger.print_freq=1"]
+    opt = load_options(path, seen["overrides"])
+    assert (opt.train.total_iter, opt.val.val_freq, opt.logger.print_freq) == (3, 1, 1)
+
+
+def test_eval_set_accepts_both_forms_too():
+    from ggt_ir.eval.cli import build_parser
+
+    a = build_parser().parse_args(["-opt", "x.yml", "--set", "eval.batch_size=2", "--set", "a=1", "b=2"])
+    assert a.overrides == ["eval.batch_size=2", "a=1", "b=2"]
+
+
+def test_changing_a_type_replaces_the_block_instead_of_leaking_old_keys(demo_root, tmp_path, caplog):
+    """Switching the demo's validation set to shards by --set or by an including file: the PairedFolder keys
+    (dataroot, split) do not leak into the GGTShards block, and a note lists what was dropped."""
+    import logging
+
+    from ggt_ir.data.demo import build_demo_shards
+
+    shards = build_demo_shards(demo_root, tmp_path / "shards", per_shard=4)
+    val_urls = str(tmp_path / "shards" / shards["urls"]["val"])
+    base = _write(tmp_path, tiny_options(demo_root, tmp_path), "base.yml")
+    caplog.set_level(logging.WARNING, logger="ggt_ir.options")
+    opt = load_options(base, [f"datasets.val.urls={val_urls}", "datasets.val.type=GGTShards"])  # any order
+    assert opt.datasets["val"].type == "GGTShards" and opt.datasets["val"].urls == val_urls
+    assert any("dataroot" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
+    (tmp_path / "child.yml").write_text(yaml.safe_dump(
+        {"include": "base.yml", "datasets": {"val": {"type": "GGTShards", "urls": val_urls}}}))
+    assert load_options(tmp_path / "child.yml").datasets["val"].type == "GGTShards"
+    # the same type keeps merging as before
+    (tmp_path / "same.yml").write_text(yaml.safe_dump(
+        {"include": "base.yml", "datasets": {"val": {"type": "PairedFolder", "split": "val"}}}))
+    same = load_options(tmp_path / "same.yml").datasets["val"]
+    assert same.split == "val" and same.dataroot == str(demo_root)
+
+
+def test_a_key_of_another_type_says_so(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["datasets"]["val"] = {"type": "GGTShards", "urls": "x-{000000..000001}.tar", "dataroot": "/data"}
+    with pytest.raises(OptionsError) as e:
+        load_options(_write(tmp_path, opt), check_paths=False)
+    msg = str(e.value)
+    assert "'datasets.val.dataroot' is not an option of dataset type GGTShards" in msg
+    assert "PairedFolder" in msg and "prompt" not in msg.split("GGTShards takes")[0]
+
+
+def test_missing_data_errors_point_to_the_right_place(demo_root, tmp_path):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["datasets"]["train"]["dataroot"] = "/data/GGT-100K"
+    with pytest.raises(OptionsError) as e:
+        load_options(_write(tmp_path, opt))
+    assert "docs/data.md#getting-ggt-100k" in str(e.value) and "make demo-data" not in str(e.value)
+    opt["datasets"]["train"]["dataroot"] = "datasets/demo/GGT-demo-missing"
+    with pytest.raises(OptionsError, match="make demo-data"):
         load_options(_write(tmp_path, opt))

@@ -132,9 +132,19 @@ def test_existing_run_folder_is_archived_not_overwritten(demo_root, tmp_path):
     assert len(list((tmp_path / "exp").glob("again_archived_*"))) == 1
 
 
+def _no_wandb_credentials(monkeypatch, tmp_path):
+    """No key anywhere wandb looks: environment, ~/.netrc, wandb's settings (a fresh HOME)."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_PROJECT", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    return home
+
+
 def test_trackers_receive_scalars_and_images_offline(demo_root, tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.delenv("WANDB_MODE", raising=False)  # the trainer must pick offline mode by itself
+    _no_wandb_credentials(monkeypatch, tmp_path)  # the trainer must pick offline mode by itself
     opt = _opts(demo_root, tmp_path, name="tracked", train__total_iter=3, logger__trackers=["tensorboard", "wandb"])
     _train(opt)
     run = tmp_path / "exp" / "tracked"
@@ -150,3 +160,44 @@ def test_trackers_receive_scalars_and_images_offline(demo_root, tmp_path, monkey
     assert {"train/l_pix", "val/val/psnr"} <= tags["scalars"]
     assert any(t.startswith("val/val/") for t in tags["images"])
     assert list((run / "wandb").glob("offline-run-*"))
+    log = next(run.glob("train_tracked_*.log")).read_text()
+    assert "no W&B API key is configured" in log and "wandb sync" in log  # says why it is offline
+
+
+def test_wandb_project_key_and_one_shared_default_project(demo_root, tmp_path, monkeypatch):
+    """logger.wandb_project used to crash (wandb.init() got multiple values for keyword argument 'project');
+    without it every run used to become its own project."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    _no_wandb_credentials(monkeypatch, tmp_path)
+    projects = {}
+    for name, project in (("named_a", "my-ggt"), ("plain_a", None), ("plain_b", None)):
+        over = {"logger__wandb_project": project} if project else {}
+        tr = Trainer(_opts(demo_root, tmp_path, name=name, train__total_iter=1, val__val_freq=1,
+                           logger__trackers=["wandb"], **over), command="pytest")
+        projects[name] = tr.acc.get_tracker("wandb", unwrap=True).project
+        tr.fit()
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert projects == {"named_a": "my-ggt", "plain_a": "ggt-ir", "plain_b": "ggt-ir"}
+
+
+def test_wandb_goes_offline_only_without_credentials(tmp_path, monkeypatch):
+    from ggt_ir.train.logging import wandb_mode
+
+    home = _no_wandb_credentials(monkeypatch, tmp_path)
+    mode, message = wandb_mode(tmp_path / "run" / "wandb")
+    assert mode == "offline" and "wandb sync" in message
+    # `wandb login` writes ~/.netrc: then wandb is left online (nothing contacts the server here)
+    (home / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+    (home / ".netrc").chmod(0o600)
+    from wandb.sdk.lib import wbauth
+
+    wbauth.unauthenticate_session(update_settings=False)  # forget what an earlier test of this process loaded
+    assert wandb_mode(tmp_path / "run" / "wandb")[0] is None
+    (home / ".netrc").unlink()
+    wbauth.unauthenticate_session(update_settings=False)
+    monkeypatch.setenv("WANDB_API_KEY", "b" * 40)
+    assert wandb_mode(tmp_path / "run" / "wandb")[0] is None
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the user's choice is kept
+    assert wandb_mode(tmp_path / "run" / "wandb") == (None, "wandb: mode disabled (from WANDB_MODE)")

@@ -26,6 +26,7 @@ ARCHS = Registry(
         "OneStepSD": "ggt_ir.generative.onestep_sd:OneStepSD",
         "EditorLoRA": "ggt_ir.generative.editor:EditorLoRA",  # FLUX.1-Kontext / Qwen-Image-Edit
     },
+    entry_point_group="ggt_ir.archs",  # plugins of installed packages (registry.py)
 )
 
 

@@ -19,6 +19,15 @@ batch, each once per pass (``GGTShards``); the trainer counts the distinct ones.
 """
 from ggt_ir.registry import Registry
 
+
+def missing_data_hint(path: str) -> str:
+    """What to do about a data path that does not exist: build the demo set, or get the real data."""
+    if "demo" in str(path).replace("\\", "/").split("/")[:3] or "datasets/demo" in str(path):
+        return "Build the demo data with `make demo-data`, or fix the path."
+    return ("Get the data first (GGT-100K: docs/data.md#getting-ggt-100k; the eval benchmarks: docs/data.md), "
+            "or fix the path.")
+
+
 DATASETS = Registry(
     "dataset",
     {
@@ -32,4 +41,5 @@ DATASETS = Registry(
         # LQ-only folders (real-world benchmarks without ground truth)
         "LQFolder": "ggt_ir.data.lq_folder:LQFolderDataset",
     },
+    entry_point_group="ggt_ir.datasets",  # plugins of installed packages (registry.py)
 )

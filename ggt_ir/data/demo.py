@@ -3,14 +3,16 @@
 The photos ship with scikit-image (no download). Each HQ crop gets a plausible degradation of
 one of GGT-100K's six categories; the result is written in our GGT layout::
 
-    <out>/GGT-demo/{train,test}/{general,rain,haze,snow,low-light,old-photo}/{LQ,GT}/<name>.png
+    <out>/GGT-demo/{train,val,test}/{general,rain,haze,snow,low-light,old-photo}/{LQ,GT}/<name>.png
 
 Everything is seeded, so the same files come out on every machine. Train crops come from the
-left part of each photo and test crops from the right part, so the splits share no pixels.
+left part of each photo, test and val crops from the right part (val in rows no test crop of the
+same photo touches), so the three splits share no pixels. Training validates (and picks "best")
+on val; the test split is only for ``ggt-ir eval``.
 
     python -m ggt_ir.data.demo --out datasets/demo        (or: ggt-ir demo-data)
 
-It also writes the same pairs as webdataset shards, ``<out>/shards/ggt-demo-{train,test}-NNNNNN.tar``
+It also writes the same pairs as webdataset shards, ``<out>/shards/ggt-demo-{train,val,test}-NNNNNN.tar``
 (8 pairs each, with a manifest), which the demo trains from (``GGTShards``, docs/data.md).
 """
 from __future__ import annotations
@@ -52,13 +54,15 @@ def _u8(img: np.ndarray) -> np.ndarray:
 
 
 def degrade_general(x, rng):
+    """Blur, down-up resize, sensor noise, JPEG: the noise stays visible (sigma 0.05-0.08, JPEG quality 70-95).
+    The random draws are those of recipe version 1 (mapped to these ranges), so no other sample changes."""
     h, w = x.shape[:2]
-    y = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.8, 1.6))
-    f = rng.uniform(0.5, 0.8)
+    y = cv2.GaussianBlur(x, (0, 0), 0.6 + (rng.uniform(0.8, 1.6) - 0.8) * 0.75)
+    f = 0.6 + (rng.uniform(0.5, 0.8) - 0.5)
     y = cv2.resize(cv2.resize(y, (int(w * f), int(h * f)), interpolation=cv2.INTER_AREA), (w, h),
                    interpolation=cv2.INTER_LINEAR)
-    y = y + rng.normal(0, rng.uniform(0.02, 0.05), y.shape).astype(np.float32)
-    return _jpeg(y, int(rng.integers(30, 60)))
+    y = y + rng.normal(0, 0.05 + (rng.uniform(0.02, 0.05) - 0.02), y.shape).astype(np.float32)
+    return _jpeg(y, 70 + (int(rng.integers(30, 60)) - 30) * 25 // 29)
 
 
 def degrade_rain(x, rng):
@@ -119,33 +123,57 @@ DEGRADATIONS = {"general": degrade_general, "rain": degrade_rain, "haze": degrad
 
 # ----------------------------------------------------------------------------- builder
 def build_demo(out: str | Path, size: int = 128, train_per_category: int = 8, test_per_category: int = 2,
-               seed: int = 2026) -> Path:
+               seed: int = 2026, val_per_category: int = 2) -> Path:
     root = Path(out) / "GGT-demo"
     marker = root / "demo.json"
     recipe = {"size": size, "train_per_category": train_per_category, "test_per_category": test_per_category,
-              "seed": seed, "version": 1}
+              "val_per_category": val_per_category, "seed": seed, "version": 3}
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return root  # already built with the same recipe
     photos = load_photos()
     names = sorted(photos)
     rng = np.random.default_rng(seed)
+    test_rows: dict[str, list[int]] = {}  # photo -> top rows of its test crops (the val crops avoid them)
+
+    def write(split: str, cat: str, k: int, pname: str, x0: int, y0: int) -> None:
+        gt = photos[pname][y0 : y0 + size, x0 : x0 + size]
+        lq = np.clip(DEGRADATIONS[cat](gt, rng), 0, 1)
+        stem = f"{cat}_{k:03d}_{pname}"
+        for role, arr in (("LQ", lq), ("GT", gt)):
+            path = root / split / cat / role / f"{stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), cv2.cvtColor(_u8(arr), cv2.COLOR_RGB2BGR))
+
     for split, per_cat in (("train", train_per_category), ("test", test_per_category)):
         for ci, cat in enumerate(CATEGORIES):
             for k in range(per_cat):
                 pname = names[(ci * per_cat + k) % len(names)]
-                img = photos[pname]
-                h, w = img.shape[:2]
+                h, w = photos[pname].shape[:2]
                 # train from the left 60 % of the photo, test from the right 40 %
                 x_lo, x_hi = (0, int(w * 0.6) - size) if split == "train" else (int(w * 0.6), w - size)
                 x0 = int(rng.integers(x_lo, max(x_lo + 1, x_hi)))
                 y0 = int(rng.integers(0, h - size + 1))
-                gt = img[y0 : y0 + size, x0 : x0 + size]
-                lq = np.clip(DEGRADATIONS[cat](gt, rng), 0, 1)
-                stem = f"{cat}_{k:03d}_{pname}"
-                for role, arr in (("LQ", lq), ("GT", gt)):
-                    path = root / split / cat / role / f"{stem}.png"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(path), cv2.cvtColor(_u8(arr), cv2.COLOR_RGB2BGR))
+                if split == "test":
+                    test_rows.setdefault(pname, []).append(y0)
+                write(split, cat, k, pname, x0, y0)
+    # val (held out from both, for validation and picking "best" during training): also from the right 40 %,
+    # in rows no test crop of that photo touches, so val and test share no pixels. Drawn after train and
+    # test, so those two are the same as in version 1 of the recipe.
+    for ci, cat in enumerate(CATEGORIES):
+        for k in range(val_per_category):
+            for shift in range(len(names)):
+                pname = names[(ci * val_per_category + k + 3 + shift) % len(names)]
+                h, w = photos[pname].shape[:2]
+                free = [y for y in range(0, h - size + 1)
+                        if all(abs(y - t) >= size for t in test_rows.get(pname, []))]
+                if free:
+                    break
+            else:
+                raise RuntimeError("demo set: no room for a val crop that avoids the test crops")
+            x_lo, x_hi = int(w * 0.6), w - size
+            x0 = int(rng.integers(x_lo, max(x_lo + 1, x_hi)))
+            y0 = free[int(rng.integers(0, len(free)))]
+            write("val", cat, k, pname, x0, y0)
     marker.write_text(json.dumps(recipe))
     return root
 
@@ -167,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=128, help="crop size in pixels")
     p.add_argument("--train-per-category", type=int, default=8)
     p.add_argument("--test-per-category", type=int, default=2)
+    p.add_argument("--val-per-category", type=int, default=2)
     a = p.parse_args(argv)
-    root = build_demo(a.out, a.size, a.train_per_category, a.test_per_category)
-    n = {s: len(list((root / s).rglob("LQ/*.png"))) for s in ("train", "test")}
-    print(f"demo dataset: {root} ({n['train']} train pairs, {n['test']} test pairs, 6 categories)")
+    root = build_demo(a.out, a.size, a.train_per_category, a.test_per_category, val_per_category=a.val_per_category)
+    n = {s: len(list((root / s).rglob("LQ/*.png"))) for s in ("train", "val", "test")}
+    print(f"demo dataset: {root} ({n['train']} train, {n['val']} val, {n['test']} test pairs, 6 categories)")
     m = build_demo_shards(root, Path(a.out) / "shards")
     print(f"demo shards:  {Path(a.out) / 'shards'} (" + ", ".join(f"{k}: {v}" for k, v in m["urls"].items()) + ")")
     return 0

@@ -14,6 +14,7 @@ from typing import List, Optional
 import torch
 
 from ggt_ir.config import OptionsError, at_least
+from ggt_ir.data import missing_data_hint
 from ggt_ir.data.pairing import _walk
 from ggt_ir.utils.image_io import read_image, to_tensor
 
@@ -35,7 +36,8 @@ class LQFolderDataset(torch.utils.data.Dataset):
             if not self.dataroot:
                 raise OptionsError(f"{src}: {key} needs 'dataroot' (a folder of LQ images)")
             if not Path(self.dataroot).is_dir():
-                raise OptionsError(f"{src}: {key}.dataroot: folder not found: {self.dataroot}")
+                raise OptionsError(f"{src}: {key}.dataroot: folder not found: {self.dataroot}. "
+                                   + missing_data_hint(self.dataroot))
 
     def __init__(self, opts: "LQFolderDataset.Options"):
         self.opts = opts

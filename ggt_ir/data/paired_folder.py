@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ggt_ir.config import OptionsError, at_least
+from ggt_ir.data import missing_data_hint
 from ggt_ir.data.pairing import Pair, find_pairs, pairs_from_two_folders
 from ggt_ir.data.sampler import ResumableBatchSampler
 from ggt_ir.data.transforms import check_pair_size, paired_flip_rot, paired_random_crop
@@ -63,14 +64,14 @@ class PairedFolderDataset(torch.utils.data.Dataset):
             if self.dataroot:
                 if not Path(self.dataroot).is_dir():
                     raise OptionsError(f"{src}: {key}.dataroot: folder not found: {self.dataroot}. "
-                                       "Build the demo data with `make demo-data`, or fix the path.")
+                                       + missing_data_hint(self.dataroot))
             else:
                 for k in ("dataroot_lq", "dataroot_gt"):
                     v = getattr(self, k)
                     if not v:
                         raise OptionsError(f"{src}: {key} needs 'dataroot' or both 'dataroot_lq' and 'dataroot_gt'")
                     if not Path(v).is_dir():
-                        raise OptionsError(f"{src}: {key}.{k}: folder not found: {v}")
+                        raise OptionsError(f"{src}: {key}.{k}: folder not found: {v}. {missing_data_hint(v)}")
 
     def __init__(self, opts: "PairedFolderDataset.Options"):
         self.opts = opts

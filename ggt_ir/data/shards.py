@@ -429,9 +429,9 @@ def build_shards(report: PairingReport, cfg: BuildConfig, root: Path | None = No
         manifest["shards"] = [entries[s.name] for s in specs if s.name in entries]
         atomic_write_json(manifest_path, manifest, indent=1)
 
-    from tqdm import tqdm
+    from ggt_ir.utils.progress import progress
 
-    bar = tqdm(total=total, unit="pair", desc=f"shards {cfg.name}", disable=not cfg.progress, file=sys.stderr)
+    bar = progress(total=total, unit="pair", desc=f"shards {cfg.name}", enabled=cfg.progress, file=sys.stderr)
     if jobs == 1 or len(tasks) <= 1:
         counter = mp.Value("q", 0)
         _init_worker(counter)

@@ -840,7 +840,8 @@ class GGTShardsDataset:
                 missing = [u for u in urls if local_path(u) and not Path(local_path(u)).is_file()]
                 if missing:
                     raise OptionsError(f"{src}: {kp}.urls: {len(missing)} of {len(urls)} shard(s) not found, e.g. "
-                                       f"{missing[0]}. Build them with `ggt-ir shards build`, or fix the pattern.")
+                                       f"{missing[0]}. Build them with `ggt-ir shards build` (docs/data.md; GGT-100K: "
+                                       "docs/data.md#getting-ggt-100k), or fix the pattern.")
 
     def __init__(self, opts: "GGTShardsDataset.Options"):
         self.opts = opts

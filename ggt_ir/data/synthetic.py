@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from ggt_ir.utils.seeding import seeded
 from ggt_ir.config import OptionsError, at_least
+from ggt_ir.data import missing_data_hint
 from ggt_ir.data.pairing import find_pairs, list_images, normalize_category
 from ggt_ir.data.paired_folder import collate, resumable_train_loader
 from ggt_ir.utils.image_io import read_image, to_tensor
@@ -227,7 +228,7 @@ class SyntheticDegradationDataset(torch.utils.data.Dataset):
                 raise OptionsError(f"{src}: {key} needs 'dataroot_gt' (HQ folder) or 'dataroot' (paired tree)")
             if not Path(root).is_dir():
                 raise OptionsError(f"{src}: {key}.{'dataroot' if self.dataroot else 'dataroot_gt'}: "
-                                   f"folder not found: {root}")
+                                   f"folder not found: {root}. {missing_data_hint(root)}")
             d = self.degradation
             for name in ("kernel_prob", "kernel_prob2"):
                 lst = "kernel_list" + name[len("kernel_prob"):]

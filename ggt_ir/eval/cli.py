@@ -1,16 +1,24 @@
 """``ggt-ir eval``: score a trained run, a zoo model or a folder of restored images on eval sets.
 
     ggt-ir eval -opt options/eval/demo.yml
-    ggt-ir eval -opt options/eval/ggt100k_test.yml --run experiments/swinir_ggt --name swinir_ggt
-    ggt-ir eval -opt options/eval/ggt100k_test.yml --restored outputs/OSEDiff --name osediff
+    ggt-ir eval -opt options/eval/demo.yml --restored input            (the LQ baseline -> results/<name>_input)
+    ggt-ir eval -opt options/eval/ggt100k.yml --run experiments/swinir_ggt --name swinir_ggt
+    ggt-ir eval -opt options/eval/ggt100k.yml --restored outputs/OSEDiff --name osediff --set label.model=OSEDiff
     accelerate launch --num_processes 2 -m ggt_ir eval -opt ...      (each process a disjoint slice)
     ggt-ir eval -opt ... --check-weights                               (what the metrics need, offline)
+
+With --restored the option file's label (which names its model) is dropped: 'input' is labelled
+"LQ input", a folder gets its folder name as label.model unless --set label.model=... says otherwise,
+and without --name the results go to results/<name>_<input|folder name>, never over the model's.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+
+from ggt_ir.config import add_import_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-root", help="results folder (default: results)")
     p.add_argument("--weights-dir", help="local pyiqa weights folder (default: $GGT_IR_WEIGHTS or $TORCH_HOME/hub)")
     p.add_argument("--strict", action="store_true", help="a metric with missing weights is an error, not skipped")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override an option, e.g. --set eval.batch_size=8 (repeatable)")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override options, e.g. --set eval.batch_size=8 label.model=X (repeatable)")
+    add_import_argument(p)
     p.add_argument("--check-weights", action="store_true",
                    help="list the weight files the configured metrics need and which are missing; no evaluation "
                         "(= ggt-ir weights check -opt FILE)")
@@ -34,8 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _overrides(a) -> list[str]:
-    ov = list(a.overrides)
+def _overrides(a, file_name: str | None = None) -> list[str]:
+    ov = []
+    if a.restored:  # the file's label names its model: a baseline row must not carry it
+        from pathlib import Path
+
+        what = "input" if a.restored == "input" else (Path(a.restored).name or "restored")
+        ov.append("label=" + json.dumps({"model": "LQ input"} if a.restored == "input" else {"model": what}))
+        if not a.name and file_name:
+            ov.append(f"name={file_name}_{what}")
+    ov += list(a.overrides)
     if a.run:
         ov += [f"model.run={a.run}", "restored=null"]
     if a.checkpoint:
@@ -51,6 +68,17 @@ def _overrides(a) -> list[str]:
     if a.strict:
         ov.append("eval.strict=true")
     return ov
+
+
+def _file_name(path: str) -> str | None:
+    """The ``name:`` of an eval option file (what its results folder is called), or None."""
+    try:
+        from ggt_ir.config import read_yaml_with_includes
+
+        name = read_yaml_with_includes(path).get("name")
+    except Exception:  # noqa: BLE001 - the real load reports any problem of the file
+        return None
+    return str(name) if name else None
 
 
 def list_metrics() -> int:
@@ -79,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return list_metrics()
     if not a.opt:
         build_parser().error("-opt is required (an eval option file, e.g. options/eval/demo.yml)")
-    from ggt_ir.config import OptionsError
+    from ggt_ir.config import OptionsError, import_modules
     from ggt_ir.eval.loop import run_evaluation
     from ggt_ir.eval.options import load_eval_options, use_cpu
     from ggt_ir.eval.sources import EvalError
@@ -88,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.check_weights:
         return check_weights(a)
     try:
-        opt = load_eval_options(a.opt, _overrides(a))
+        import_modules(a.imports, "--import")
+        opt = load_eval_options(a.opt, _overrides(a, _file_name(a.opt)), check_paths=not a.check_weights)
     except OptionsError as e:
         print(f"ggt-ir eval: {e}", file=sys.stderr)
         return 2

@@ -76,7 +76,7 @@ def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, 
                  pbar: bool) -> list[dict]:
     """This rank's slice of one eval set -> per-image rows (and the previews of its images: thumbnails of
     every image, grid panels of the first ``eval.num_grid`` images of each category)."""
-    from tqdm import tqdm
+    from ggt_ir.utils.progress import progress
 
     s = opt.eval
     mine = list(range(rank, len(ds), world))
@@ -85,7 +85,7 @@ def evaluate_set(set_name: str, ds, source, suite, opt: EvalOptions, rank: int, 
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=None,
                                          num_workers=s.num_workers)
     rows, chunk = [], []
-    bar = tqdm(total=len(mine), desc=f"eval {set_name}", unit="img", disable=not pbar, dynamic_ncols=True)
+    bar = progress(total=len(mine), desc=f"eval {set_name}", unit="img", enabled=pbar)  # lines in a log file
 
     def flush():
         samples = list(chunk)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ggt_ir.config import OptionsError, read_options, to_typed
 
@@ -55,6 +55,7 @@ class EvalSettings:
 @dataclass
 class EvalOptions:
     name: str = "eval"
+    imports: List[str] = field(default_factory=list)  # user modules that register archs/datasets (plugins)
     results_root: str = "results"
     label: Dict[str, str] = field(default_factory=dict)  # e.g. {model: SwinIR, data: GGT-100K} for `ggt-ir table`
     model: Optional[ModelOptions] = None

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ggt_ir.config import OptionsError, at_least, choice, load_typed
+from ggt_ir.config import OptionsError, add_import_argument, at_least, choice, import_modules, load_typed
 
 DEFAULT_METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "musiq": "MUSIQ",
                          "maniqa": "MANIQA", "maniqa-pipal": "MANIQA", "clipiqa": "CLIPIQA", "topiq_nr": "TOPIQ",
@@ -86,6 +86,7 @@ class CompareOptions:
 @dataclass
 class TableOptions:
     name: str = "table"
+    imports: List[str] = field(default_factory=list)  # user modules to import first (registry.py: plugins)
     title: str = ""
     label: str = ""  # LaTeX \label
     results_root: str = "results"
@@ -756,8 +757,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-html", action="store_true", help="no <name>.html comparison page")
     p.add_argument("--protocol", choices=("mark", "strict"),
                    help="cells of one column scored under different protocols: mark them (default) or refuse")
+    add_import_argument(p)
     a = p.parse_args(argv)
     try:
+        import_modules(a.imports, "--import")
         if a.opt:
             opts = load_table_options(a.opt)
         else:

@@ -61,16 +61,22 @@ def _scheduler_config(kwargs: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ggt_ir.config import add_import_argument
+
     p = argparse.ArgumentParser(prog="ggt-ir merge", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("adapters", help="an exported adapter folder (experiments/<run>/models/net_g_<iter>)")
     p.add_argument("--output", "-o", required=True, help="folder to write the merged diffusers weights to")
     p.add_argument("--base", help="base model folder or Hub id (default: the one recorded in ggt_ir_adapter.json)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of the written weights")
+    add_import_argument(p)
     args = p.parse_args(argv)
+    from ggt_ir.config import OptionsError, import_modules
+
     try:
+        import_modules(args.imports, "--import")
         out = merge_adapters(args.adapters, args.output, args.base, args.dtype)
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, OptionsError) as e:
         print(f"ggt-ir merge: error: {e}", file=sys.stderr)
         return 2
     print(f"merged weights written to {out}")

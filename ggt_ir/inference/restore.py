@@ -22,6 +22,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ggt_ir.config import add_import_argument
 from ggt_ir.utils.image_io import IMAGE_EXTS
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
+    add_import_argument(p)
     net = p.add_mutually_exclusive_group(required=True)
     net.add_argument("--run", help="a training run folder (experiments/<name>): its network and newest export")
     net.add_argument("--opt", help="option file whose network_g (and path.pretrain_network_g) to use")
@@ -116,7 +118,6 @@ def load_from_args(args):
 
 def run(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from ggt_ir.utils.image_io import read_image_file, to_tensor, write_image_file
 
@@ -128,8 +129,10 @@ def run(args) -> int:
           f"{restorer.info.get('checkpoint')}", file=sys.stderr)
     out_dir = Path(args.output)
     failed: list[str] = []
-    for (src, _), rel_out in tqdm(list(zip(items, output_names(items, args.suffix))), desc="restore", unit="img",
-                                  file=sys.stderr, disable=None):
+    from ggt_ir.utils.progress import progress
+
+    bar = progress(list(zip(items, output_names(items, args.suffix))), desc="restore", unit="img", file=sys.stderr)
+    for (src, _), rel_out in bar:
         try:
             f = read_image_file(src)
             y = restorer.restore(to_tensor(f.rgb)[None])
@@ -137,10 +140,11 @@ def run(args) -> int:
         except (OSError, RuntimeError, ValueError) as e:  # one bad file must not stop the folder
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             failed.append(msg if str(src) in msg else f"{src}: {msg}")
-            tqdm.write(f"ggt-ir restore: skipped {failed[-1]}", file=sys.stderr)
+            bar.write(f"ggt-ir restore: skipped {failed[-1]}", file=sys.stderr)
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+    bar.close()
     print(f"restored {len(items) - len(failed)} of {len(items)} image(s) into {out_dir}", file=sys.stderr)
     if failed:
         print(f"{len(failed)} skipped:\n  " + "\n  ".join(failed), file=sys.stderr)
@@ -148,10 +152,12 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ggt_ir.config import import_modules
     from ggt_ir.inference.loader import RestorerError
 
     args = build_parser().parse_args(argv)
     try:
+        import_modules(args.imports, "--import")
         return run(args)
     except (RestoreError, RestorerError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

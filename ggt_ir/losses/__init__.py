@@ -44,6 +44,7 @@ LOSSES = Registry(
         "MSSSIMLoss": "ggt_ir.losses.ssim:MSSSIMLoss",
         "GANLoss": "ggt_ir.losses.gan:GANLoss",  # train.gan_opt of a GAN step, not train.losses
     },
+    entry_point_group="ggt_ir.losses",  # plugins of installed packages (registry.py)
 )
 
 

@@ -7,6 +7,8 @@ import shlex
 import sys
 import traceback
 
+from ggt_ir.config import add_import_argument
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -14,8 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Multi-GPU: accelerate launch --multi_gpu --num_processes 8 train.py -opt X.yml. "
                "See README, 'Distributed training'.")
     p.add_argument("-opt", "--opt", required=True, help="option file (YAML)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="dotted overrides, e.g. --set train.total_iter=2000 datasets.train.batch_size_per_gpu=8")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. --set train.total_iter=2000 datasets.train.batch_size_per_gpu=8; "
+                        "repeatable (--set a=1 --set b=2). They rank above the option file and accelerate's config")
+    add_import_argument(p)  # recorded in the run (imports:), so eval/restore --run import it too
     p.add_argument("--resume", metavar="latest|PATH",
                    help="resume from the newest checkpoint of this run ('latest') or a checkpoint folder")
     p.add_argument("--auto_resume", "--auto-resume", action="store_true", help="same as --resume latest")
@@ -26,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ggt_ir.config import OptionsError
+    from ggt_ir.config import OptionsError, import_modules
     from ggt_ir.train.options import load_options
 
     try:
+        import_modules(args.imports, "--import")
         opt = load_options(args.opt, args.set, debug=args.debug)
+        # recorded in the run's options.yml (imports:), so eval/restore --run import them again
+        opt.imports = list(dict.fromkeys([*opt.imports, *args.imports]))
     except (OptionsError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -39,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     command = " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
     try:
-        Trainer(opt, resume="latest" if args.auto_resume else args.resume, command=command).fit()
-    except CheckpointError as e:
+        set_keys = {item.split("=", 1)[0].strip() for item in args.set}
+        Trainer(opt, resume="latest" if args.auto_resume else args.resume, command=command, set_keys=set_keys).fit()
+    except (CheckpointError, OptionsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - one line on the console, the traceback in the run's log file

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,28 @@ class _TqdmHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=sys.stdout)
         except Exception:  # logging must never kill training
             self.handleError(record)
+
+
+def wandb_mode(run_dir: Path) -> tuple[str | None, str]:
+    """(the WANDB_MODE to set, or None to leave wandb's own choice; a line for the log).
+
+    Offline only when no credentials are configured at all: ``WANDB_API_KEY``, ``wandb login`` (~/.netrc) or
+    wandb's settings file all count, as wandb itself checks them (``wandb.login(prompt=False, verify=False)``:
+    no prompt, no network). ``WANDB_MODE`` set by the user is always kept."""
+    if os.environ.get("WANDB_MODE"):
+        return None, f"wandb: mode {os.environ['WANDB_MODE']} (from WANDB_MODE)"
+    import wandb
+
+    try:
+        logged_in = bool(wandb.login(prompt=False, verify=False))
+    except Exception as e:  # noqa: BLE001 - a malformed key must not stop training; say so and log offline
+        logged_in, why = False, f"wandb credentials could not be read ({type(e).__name__}: {e})"
+    else:
+        why = "no W&B API key is configured (WANDB_API_KEY, or `wandb login`)"
+    if logged_in:
+        return None, "wandb: online (credentials found)"
+    return "offline", (f"wandb: {why}, so this run logs offline to {run_dir}; upload it later with "
+                       f"`wandb sync {run_dir}/offline-run-*`")
 
 
 def run_logger_name(name: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ggt_ir.config import OptionsError, at_least, choice, in_range, read_options, to_typed
+from ggt_ir.config import OptionsError, Problems, at_least, choice, in_range, notice, read_options, to_typed
 
 
 @dataclass
@@ -60,8 +60,9 @@ class TrainOptions:
     losses: List[Dict[str, Any]] = field(default_factory=list)  # composed with pixel_opt
     ema_decay: float = in_range(0.0, 0.0, 0.999999)  # 0 disables the EMA generator
     grad_clip: float = at_least(0.0, 0.0)  # max grad norm; 0 disables
-    mixed_precision: str = choice("no", "no", "fp16", "bf16")
-    gradient_accumulation_steps: int = at_least(1, 1)
+    # None = not set here: the command line, then accelerate's config decide (docs/training.md, "Precedence")
+    mixed_precision: Optional[str] = choice(None, None, "no", "fp16", "bf16")
+    gradient_accumulation_steps: Optional[int] = at_least(None, 1)
     skip_nonfinite: bool = False  # skip steps with NaN/Inf loss instead of stopping
 
 
@@ -99,6 +100,8 @@ TRACKERS = ("tensorboard", "wandb")
 class Options:
     name: str = "unnamed"
     model_type: str = "regression"  # the trainer step; see ggt_ir/train/steps/__init__.py
+    imports: List[str] = field(default_factory=list)  # user modules that register archs/datasets/losses/steps
+    description: str = ""  # one line about the run, printed in the start-up banner and with the results
     scale: int = at_least(1, 1)
     manual_seed: int = 0
     datasets: Dict[str, Any] = field(default_factory=dict)  # train, val, val_2, ...
@@ -128,48 +131,85 @@ def load_options(
     from ggt_ir.archs import ARCHS
     from ggt_ir.data import DATASETS
     from ggt_ir.losses import LOSSES
+    from ggt_ir.train.basicsr_compat import translate
     from ggt_ir.train.steps import STEPS
 
     raw, src = read_options(path, overrides)
+    compat = translate(raw)  # BasicSR-only keys: translated, ignored (one warning) or problems
+    raw = compat.raw
+    if compat.note():
+        notice(f"{src}: {compat.note()}")
+    problems = Problems(src)
+    for p in compat.problems:
+        problems.add(p)
+
     model_type = raw.get("model_type", Options.model_type)
     try:
         step_cls = STEPS.get(str(model_type))
     except KeyError as e:
-        raise OptionsError(f"{src}: model_type: {e}") from None
+        problems.add(f"model_type: {e}")
+        step_cls = STEPS.get(Options.model_type)  # so the rest of the file is still checked
+    opt = None
     try:
-        opt: Options = to_typed(step_cls.options, raw, src)
+        opt = to_typed(step_cls.options, raw, src)
+        opt.source_file = str(path)
     except OptionsError as e:
-        raise OptionsError(f"{e}{_other_family_hint(raw, step_cls, str(model_type))}") from None
-    opt.source_file = str(path)
+        hint = _other_family_hint(raw, step_cls, str(model_type))
+        for p in e.problems:
+            problems.add(p + hint if "unknown option 'train." in p else p)
 
-    if "train" not in opt.datasets:
-        raise OptionsError(f"{src}: no 'datasets.train' block: name the training data "
-                           "(e.g. datasets: {train: {type: PairedFolder, dataroot: ...}})")
+    # the blocks the registries check, from the typed options or (when typing failed) the raw file
+    datasets = opt.datasets if opt is not None else (raw.get("datasets") if isinstance(raw.get("datasets"), dict) else {})
+    scale = opt.scale if opt is not None else raw.get("scale", 1)
+    if "train" not in datasets:
+        problems.add("no 'datasets.train' block: name the training data "
+                     "(e.g. datasets: {train: {type: PairedFolder, dataroot: ...}})")
     typed_sets = {}
-    for name, block in opt.datasets.items():
+    for name, block in datasets.items():
         kp = f"datasets.{name}"
         if not (name == "train" or name.startswith("val") or name.startswith("test")):
-            raise OptionsError(f"{src}: dataset phase '{kp}' must be 'train', 'val*' or 'test*'")
-        typed = DATASETS.check(block, src, kp, defaults={"scale": opt.scale, "name": name})
-        if check_paths:
-            typed.check(src, kp)
-        typed_sets[name] = typed
+            problems.add(f"dataset phase '{kp}' must be 'train', 'val*' or 'test*'")
+            continue
+        with problems.collect():
+            typed = DATASETS.check(block, src, kp, defaults={"scale": scale, "name": name})
+            typed_sets[name] = typed
+            if check_paths:
+                typed.check(src, kp)
+
+    network_g = opt.network_g if opt is not None else raw.get("network_g")
+    arch_cls = None
+    if not network_g:
+        problems.add(f"'network_g' needs a 'type' (one of {', '.join(ARCHS.names())})")
+    else:
+        with problems.collect():
+            ARCHS.check(network_g, src, "network_g")
+            arch_cls = ARCHS.get(network_g["type"])
+
+    t = opt.train if opt is not None else None
+    raw_train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    pixel = t.pixel_opt if t is not None else raw_train.get("pixel_opt")
+    losses = t.losses if t is not None else (raw_train.get("losses") or [])
+    typed_pixel, typed_losses = None, []
+    if pixel is not None:
+        with problems.collect():
+            typed_pixel = LOSSES.check(pixel, src, "train.pixel_opt")
+    for i, lo in enumerate(losses if isinstance(losses, list) else []):
+        with problems.collect():
+            typed_losses.append(LOSSES.check(lo, src, f"train.losses[{i}]"))
+    if opt is not None:
+        for tr in opt.logger.trackers:
+            if tr not in TRACKERS:
+                problems.add(f"'logger.trackers' has {tr!r}; expected any of {', '.join(TRACKERS)}")
+    problems.raise_if_any()
+
     opt.datasets = typed_sets
-
-    if not opt.network_g:
-        raise OptionsError(f"{src}: 'network_g' needs a 'type' (one of {', '.join(ARCHS.names())})")
-    ARCHS.check(opt.network_g, src, "network_g")
-    check_network_suits_step(opt, step_cls, ARCHS.get(opt.network_g["type"]), src)
-
-    t = opt.train
-    if t.pixel_opt is not None:
-        t.pixel_opt = LOSSES.check(t.pixel_opt, src, "train.pixel_opt")
-    t.losses = [LOSSES.check(lo, src, f"train.losses[{i}]") for i, lo in enumerate(t.losses)]
-    for tr in opt.logger.trackers:
-        if tr not in TRACKERS:
-            raise OptionsError(f"{src}: 'logger.trackers' has {tr!r}; expected any of {', '.join(TRACKERS)}")
-
-    step_cls.check_options(opt, src)
+    if arch_cls is not None:
+        with problems.collect():
+            check_network_suits_step(opt, step_cls, arch_cls, src)
+    t.pixel_opt, t.losses = typed_pixel, typed_losses
+    with problems.collect():
+        step_cls.check_options(opt, src)
+    problems.raise_if_any()
     if debug:
         apply_debug(opt)
     return opt

@@ -5,6 +5,7 @@ data (``datasets.train``) -> step (``model_type``: networks, losses, optimizers)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -15,14 +16,15 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ggt_ir.config import options_to_yaml
 from ggt_ir.eval.psnr_ssim import METRIC_FUNCTIONS, quantize
+from ggt_ir.train import precedence
 from ggt_ir.train.checkpoint import copy_as_latest, resolve_resume, save_checkpoint
-from ggt_ir.train.logging import message_line, results_table, setup_logger
+from ggt_ir.train.logging import message_line, results_table, setup_logger, wandb_mode
 from ggt_ir.train.options import Options
 from ggt_ir.utils.image_io import save_png, side_by_side
+from ggt_ir.utils.progress import progress
 
 
 @dataclasses.dataclass
@@ -62,10 +64,29 @@ def _flat_config(opt: Options) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """``os.environ`` updated with ``values`` inside the block, restored after it."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class Trainer:
-    def __init__(self, opt: Options, resume: str | None = None, command: str | None = None):
+    def __init__(self, opt: Options, resume: str | None = None, command: str | None = None,
+                 set_keys: set[str] | frozenset = frozenset()):
+        """``set_keys``: the option keys the command line set (``--set``), which rank above the option file
+        (see ``ggt_ir/train/precedence.py``)."""
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, set_seed
+        from accelerate.tracking import WandBTracker
+        from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
 
         from ggt_ir.data import DATASETS
         from ggt_ir.train.steps import STEPS
@@ -75,17 +96,24 @@ class Trainer:
         self.exp_dir = opt.experiment_dir
         self.ckpt_root = self.exp_dir / "checkpoints"
         resume = resume or opt.path.resume_state
-        trackers = list(opt.logger.trackers)
-        if "wandb" in trackers and not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "offline"  # no key: log locally, `wandb sync` later
-        self.acc = acc = Accelerator(
-            gradient_accumulation_steps=t.gradient_accumulation_steps,
-            mixed_precision=t.mixed_precision,
-            log_with=trackers or None,
-            project_config=ProjectConfiguration(project_dir=str(self.exp_dir), logging_dir=str(self.exp_dir / "tb")),
-        )
+        # command line > option file > accelerate config (precedence.py); printed in the banner
+        self.decided = precedence.resolve(opt, set(set_keys), opt.source_file or opt.name)
         resume_warnings: list[str] = []
         self.resume_dir = resolve_resume(resume, self.ckpt_root, warn=resume_warnings.append)
+        trackers = list(opt.logger.trackers)
+        # all runs share one W&B project (logger.wandb_project, else $WANDB_PROJECT, else "ggt-ir"); a resumed
+        # run continues its own W&B run
+        self.wandb_project = opt.logger.wandb_project or os.environ.get("WANDB_PROJECT") or "ggt-ir"
+        log_with = [WandBTracker(self.wandb_project, **self._wandb_init_kwargs()) if tr == "wandb" else tr
+                    for tr in trackers]
+        with _environment(precedence.decided_environment(opt)):  # every part of accelerate sees the decision
+            self.acc = acc = Accelerator(
+                gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.gradient_accumulation_steps),
+                mixed_precision=t.mixed_precision,
+                log_with=log_with or None,
+                project_config=ProjectConfiguration(project_dir=str(self.exp_dir),
+                                                    logging_dir=str(self.exp_dir / "tb")),
+            )
         if acc.is_main_process and self.resume_dir is None and self.exp_dir.exists() and any(self.exp_dir.iterdir()):
             archived = self.exp_dir.with_name(f"{self.exp_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
             self.exp_dir.rename(archived)  # never overwrite an earlier run (BasicSR does the same)
@@ -98,6 +126,8 @@ class Trainer:
             (self.exp_dir / "options.yml").write_text(f"# command: {cmd}\n# time: {stamp}\n" + options_to_yaml(opt))
             with open(self.exp_dir / "commands.txt", "a") as f:
                 f.write(f"{stamp} {cmd}\n")
+            if "wandb" in trackers:
+                (self.exp_dir / "wandb_run_id").write_text(self.wandb_run_id)
             for w in resume_warnings:
                 self.log.warning(w)
             if resume == "latest" and self.resume_dir is None:
@@ -116,10 +146,27 @@ class Trainer:
         self.train_set = DATASETS.get(opt.datasets["train"].type)(opt.datasets["train"])
         self.val_sets = {k: DATASETS.get(v.type)(v) for k, v in opt.val_sets().items()}
         if acc.is_main_process and trackers:
-            acc.init_trackers(opt.name, config=_flat_config(opt),
-                              init_kwargs={"wandb": {"dir": str(self.exp_dir), "name": opt.name,
-                                                     **({"project": opt.logger.wandb_project}
-                                                        if opt.logger.wandb_project else {})}})
+            if "wandb" in trackers:
+                mode, message = wandb_mode(self.exp_dir / "wandb")
+                if mode:  # given to wandb.init: wandb has read its environment already
+                    for tracker in acc.log_with:
+                        if isinstance(tracker, WandBTracker):
+                            tracker.init_kwargs["mode"] = mode
+                self.log.info("%s; project %s", message, self.wandb_project)
+            acc.init_trackers(opt.name, config=_flat_config(opt))
+
+    def _wandb_init_kwargs(self) -> dict:
+        """wandb.init arguments: the run name, its folder, and one run id per run folder (kept in
+        ``wandb_run_id``), so a resumed run continues the same W&B run."""
+        id_file = self.exp_dir / "wandb_run_id"
+        if self.resume_dir is not None and id_file.is_file():
+            run_id = id_file.read_text().strip()
+        else:
+            import uuid
+
+            run_id = uuid.uuid4().hex[:12]
+        self.wandb_run_id = run_id
+        return {"name": self.opt.name, "dir": str(self.exp_dir), "id": run_id, "resume": "allow"}
 
     # ------------------------------------------------------------------ helpers
     def _banner(self) -> None:
@@ -128,15 +175,18 @@ class Trainer:
         bs, accum = ds.batch_size_per_gpu, o.train.gradient_accumulation_steps
         lines = {
             "experiment": f"{o.name} -> {self.exp_dir}",
+            **({"about": o.description} if o.description else {}),
             **self.step.describe(),
             "train data": f"{ds.type}, {self._train_size()}",
             "val sets": ", ".join(f"{k} ({len(v)} images)" for k, v in self.val_sets.items()) or "none",
-            "processes": f"{acc.num_processes} ({acc.distributed_type.value}, device {acc.device})",
+            "processes": f"{acc.num_processes} ({acc.distributed_type.value}, device {acc.device}; "
+                         "set by accelerate launch / accelerate config)",
             "batch per device": bs,
-            "gradient accumulation": accum,
+            "gradient accumulation": str(self.decided["gradient accumulation"]),
             "global batch": f"{bs * acc.num_processes * accum} (= {bs} x {acc.num_processes} processes x {accum})",
             "total iterations": f"{o.train.total_iter:,} (starting at {self.state.iter:,})",
-            "mixed precision": o.train.mixed_precision,
+            "mixed precision": str(self.decided["mixed precision"]),
+            "precedence": precedence.RULE,
         }
         w = max(map(len, lines))
         self.log.info("start-up\n" + "\n".join(f"  {k:<{w}} : {v}" for k, v in lines.items()))
@@ -172,8 +222,8 @@ class Trainer:
             sums = torch.zeros(2 * len(metric_items) + 1, dtype=torch.float64, device=acc.device)
             nm = len(metric_items)
             saved = 0
-            bar = tqdm(indices, desc=f"val {set_name}", leave=False,  # bars on a terminal only (disable=None)
-                       disable=None if (acc.is_main_process and o.val.pbar) else True)
+            bar = progress(indices, desc=f"val {set_name}", unit="img", leave=False, final=False,
+                           enabled=acc.is_main_process and o.val.pbar)  # a bar on a terminal, lines in a log
             for i in bar:
                 if i >= n_val:  # padding (collective launches): same forwards on every rank, not scored
                     sample = dataset[n_val - 1]
@@ -245,9 +295,9 @@ class Trainer:
         loader = self.train_set.train_loader(seed=o.manual_seed, rank=acc.process_index,
                                              world_size=acc.num_processes, start_iter=st.iter * accum)
         batches_per_epoch = getattr(self.train_set, "batches_per_epoch", None)
-        # a bar on a terminal only (disable=None): a log file or pipe gets the print_freq lines, no escape codes
-        bar = tqdm(total=t.total_iter, initial=st.iter, desc=o.name, dynamic_ncols=True,
-                   disable=None if acc.is_local_main_process else True, mininterval=0.5)
+        # a bar on a terminal only: a log file or pipe gets the print_freq lines, no escape codes
+        bar = progress(total=t.total_iter, initial=st.iter, desc=o.name, lines=False,
+                       enabled=acc.is_local_main_process, mininterval=0.5)
         sums: dict[str, torch.Tensor] = {}
         count, t_iter, t_data = 0, 0.0, 0.0
         start_it, t0 = st.iter, time.time()
@@ -319,6 +369,8 @@ class Trainer:
             rows = self.results_rows()
             if rows:
                 self.log.info("results after %d iterations\n%s", st.iter, results_table(rows))
+                if self.opt.description:
+                    self.log.info("%s", self.opt.description)
                 vis = sorted((self.exp_dir / "visualization").rglob(f"*_{st.iter}.png"))
                 if vis:
                     shutil.copyfile(vis[0], self.exp_dir / "sample_lq_output_hq.png")

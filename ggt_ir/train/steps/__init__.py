@@ -12,4 +12,4 @@ STEPS = Registry("model_type", {
     # generative restorers (diffusers + peft): docs/generative.md
     "onestep_sd": "ggt_ir.train.steps.onestep_sd:OneStepSDStep",
     "editor_lora": "ggt_ir.train.steps.editor_lora:EditorLoRAStep",
-})
+}, entry_point_group="ggt_ir.steps")
