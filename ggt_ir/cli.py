@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("ggt_ir.inference.restore:main", "restore an image or a folder with a zoo model (docs/model_zoo.md)"),
     "eval": ("ggt_ir.eval.cli:main", "score a run / zoo model / restored folder on eval sets (docs/evaluation.md)"),
     "table": ("ggt_ir.eval.table:main", "paper-style tables (Markdown, LaTeX, CSV, plot) from eval summaries"),
+    "reproduce": ("ggt_ir.reproduce.cli:main", "train, score and tabulate a table file's rows; resumable (docs/evaluation.md)"),
     "merge": ("ggt_ir.inference.merge:main", "merge exported LoRA adapters into full diffusers weights (docs/generative.md)"),
 }
 
