@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ggt_ir.eval.cli:main", "score a run / zoo model / restored folder on eval sets (docs/evaluation.md)"),
     "table": ("ggt_ir.eval.table:main", "paper-style tables (Markdown, LaTeX, CSV, plot) from eval summaries"),
     "plan": ("ggt_ir.train.plan:main", "peak GPU memory of a generative run per component, before loading (docs/generative.md)"),
+    "reproduce": ("ggt_ir.reproduce.cli:main", "train, score and tabulate a table file's rows; resumable (docs/evaluation.md)"),
     "merge": ("ggt_ir.inference.merge:main", "merge exported LoRA adapters into full diffusers weights (docs/generative.md)"),
     "synth": ("ggt_ir.synth.cli:main", "LQ photos -> generated HQ targets + 3 QC stages -> a GGT dataset (docs/synthesis.md)"),
     "data": ("ggt_ir.assets.datasets:main", "list / fetch / check GGT-100K and the benchmark sets (docs/data.md)"),

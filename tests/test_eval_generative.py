@@ -69,11 +69,13 @@ def test_eval_scores_a_generative_run_directly(family, request, demo_root, tmp_p
     test = summary["sets"]["test"]
     assert test["num_images"] == 2 and set(test["per_category"]) == {"rain", "haze"}
     assert all(np.isfinite(v) for v in test["means"].values())
-    # what eval saved is what the exported model restores
+    # what eval saved is what the exported model restores (a stochastic one with the image's own seed)
     r = load_restorer(run / "models" / "net_g_2")
     lq_file = sorted((demo_root / "test" / "rain" / "LQ").iterdir())[0]
-    (saved,) = (tmp_path / "results" / family / "images" / "test").rglob(f"{lq_file.stem}.png")
-    want = (r.restore(to_tensor(read_image(lq_file))[None])[0].permute(1, 2, 0).numpy() * 255).round()
+    images = tmp_path / "results" / family / "images" / "test"
+    (saved,) = images.rglob(f"{lq_file.stem}.png")
+    key = saved.relative_to(images).with_suffix("").as_posix()
+    want = (r.restore(to_tensor(read_image(lq_file))[None], [{"key": key}])[0].permute(1, 2, 0).numpy() * 255).round()
     got = read_image(saved) * 255
     assert np.abs(got - want).max() <= 1
 

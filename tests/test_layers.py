@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("base", ["ggt_ir", "ggt_ir._compat", "ggt_ir.registry", "ggt_ir.config", "ggt_ir.utils"]),
     ("parts", ["ggt_ir.archs", "ggt_ir.losses", "ggt_ir.data"]),
     ("models", ["ggt_ir.generative"]),
-    ("metrics", ["ggt_ir.eval.psnr_ssim", "ggt_ir.eval.metrics", "ggt_ir.eval.weights"]),
+    ("metrics", ["ggt_ir.eval.psnr_ssim", "ggt_ir.eval.metrics", "ggt_ir.eval.weights", "ggt_ir.eval.reference_cache"]),
     ("loader", ["ggt_ir.inference.loader"]),
     ("train", ["ggt_ir.train"]),
     ("evaluation", ["ggt_ir.eval", "ggt_ir.assets"]),

@@ -174,8 +174,9 @@ def test_table_page_compares_the_rows_on_the_same_images(reports):
     assert len(delta) == 1 and "GGT-100K − Existing" in text(delta[0])
     same = [el for el in page.find("span", cls="better") if text(el) == "same for every cell"]
     assert len(same) == 4  # the protocol check: one result per column, all the same
-    keys = next(el for el in page.find("td") if text(el).startswith("implementation"))
+    keys = next(el for el in page.find("td") if "implementation" in text(el).split(", "))
     assert "options.convention" in text(keys) and "num_images" in text(keys)
+    assert "protocol_sha256" in text(keys)  # the summaries' protocol blocks (weights, versions) are compared too
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium on PATH (apt-get install chromium, or set $CHROMIUM): "

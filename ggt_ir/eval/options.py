@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ggt_ir.config import OptionsError, read_options, to_typed
+from ggt_ir.config import OptionsError, at_least, read_options, to_typed
 
 
 @dataclass
@@ -36,6 +36,8 @@ class ModelOptions:
     prompt: Optional[str] = None  # generative restorers: one prompt for every image (default: each sample's)
     inference: Dict[str, Any] = field(default_factory=dict)  # generative restorers: network options for inference
     #   (OneStepSD: vae_tile, latent_tile, color_fix; EditorLoRA: num_inference_steps, guidance_scale, inference_seed)
+    seed: Optional[int] = None  # stochastic restorers: base of the per-image seeds (default: the model's own,
+    #   e.g. EditorLoRA's inference_seed); image k gets image_seed(seed, k, 'restore'), recorded in the summary
 
 
 @dataclass
@@ -50,6 +52,11 @@ class EvalSettings:
     grid_size: int = 256  # panel height in the grid
     max_size_diff: int = 16  # output vs GT sizes may differ by this many pixels (cropped top-left)
     pbar: bool = True
+    num_samples: int = at_least(1, 1)  # stochastic restorers: N samples per image (seeds 'restore', 'restore:1',
+    #   ...); the summary gives each metric's mean and std over the samples
+    cache: bool = True  # keep the GT-side work (decoded GT, LPIPS/DISTS/FID reference features) on disk
+    cache_dir: Optional[str] = None  # default $GGT_IR_CACHE, else <results_root>/.cache
+    cache_max_gb: float = at_least(32.0, 0.0)  # past this size, features are computed but not stored
 
 
 @dataclass

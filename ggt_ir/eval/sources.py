@@ -1,8 +1,9 @@
 """What produces the images an evaluation scores.
 
-Every source has ``info`` (what was scored, recorded in ``summary.json``) and one method,
-``outputs(set_name, samples) -> list[Tensor]``: the (3, H, W) outputs in [0, 1] for a chunk of one
-eval set's samples, in order. :func:`open_source` picks the source the options name:
+Every source has ``info`` (what was scored, recorded in ``summary.json``), ``needs_lq`` (whether it reads
+the LQ images), ``stochastic`` (whether repeated samples differ) and one method,
+``outputs(set_name, samples, sample_index=0) -> list[Tensor]``: the (3, H, W) outputs in [0, 1] for a chunk
+of one eval set's samples, in order. :func:`open_source` picks the source the options name:
 
 * :class:`InputSource` (``restored: input``): the LQ images themselves;
 * :class:`FolderSource` (``restored: <folder>``): images restored by another method, found by key;
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+import hashlib
 
 from ggt_ir.data.pairing import list_images
 from ggt_ir.utils.image_io import read_image, save_png, tensor_to_uint8, to_tensor
@@ -38,7 +41,7 @@ def model_restorer(m, device: torch.device):
         restorer = load_restorer(source, weights, network_g=dict(m.network_g) or None,
                                  overrides=dict(m.inference) or None, param_key=m.param_key, strict=m.strict_load,
                                  device=device, tile=m.tile or None, tile_overlap=m.tile_overlap if m.tile else None,
-                                 self_ensemble=m.self_ensemble or None, prompt=m.prompt)
+                                 self_ensemble=m.self_ensemble or None, prompt=m.prompt, seed=m.seed)
     except RestorerError as e:
         raise EvalError(f"model: {e}") from None
     if m.run:
@@ -51,26 +54,33 @@ class InputSource:
     """``restored: input``: the LQ images themselves (the no-restoration baseline)."""
 
     info = {"kind": "input", "note": "LQ inputs scored as outputs"}
+    needs_lq, stochastic = True, False
 
-    def outputs(self, set_name: str, samples: list[dict]) -> list[torch.Tensor]:
+    def outputs(self, set_name: str, samples: list[dict], sample_index: int = 0) -> list[torch.Tensor]:
         return [smp["lq"] for smp in samples]
 
 
 class RestorerSource:
     """A restorer on LQ batches (same-size LQs batched together); each output is saved as
-    ``<images_dir>/<set>/<key>.png`` and the saved PNG is what is scored."""
+    ``<images_dir>/<set>/<key>.png`` (sample s > 0 of a stochastic restorer: ``<images_dir>/sample<s>/<set>/``)
+    and the saved PNG is what is scored. Each sample dict given to the restorer carries its ``key`` and
+    ``sample_index``, from which a stochastic restorer derives the image's seed."""
+
+    needs_lq = True
 
     def __init__(self, restorer, images_dir: Path):
         self.restorer, self.images_dir = restorer, images_dir
         self.info = restorer.info
+        self.stochastic = bool(self.info.get("stochastic"))
 
-    def outputs(self, set_name: str, samples: list[dict]) -> list[torch.Tensor]:
+    def outputs(self, set_name: str, samples: list[dict], sample_index: int = 0) -> list[torch.Tensor]:
         results: dict[int, torch.Tensor] = {}
         by_size: dict[tuple, list[int]] = {}
         for j, smp in enumerate(samples):
             by_size.setdefault(tuple(smp["lq"].shape), []).append(j)
+        folder = self.images_dir if sample_index == 0 else self.images_dir / f"sample{sample_index}"
         for js in by_size.values():
-            group = [samples[j] for j in js]
+            group = [{**samples[j], "sample_index": sample_index} for j in js]
             with torch.inference_mode():
                 out = self.restorer.restore(torch.stack([smp["lq"] for smp in group]), group)
                 out = out.float().clamp_(0, 1).cpu()
@@ -78,7 +88,7 @@ class RestorerSource:
                 results[j] = o
         outs = []
         for j, smp in enumerate(samples):
-            path = self.images_dir / set_name / f"{smp['key']}.png"
+            path = folder / set_name / f"{smp['key']}.png"
             save_png(tensor_to_uint8(results[j]), path)
             outs.append(to_tensor(read_image(path)))  # score the saved PNG, as offline scripts do
         return outs
@@ -102,6 +112,8 @@ class FolderSource:
     every rank) before anything is scored.
     """
 
+    needs_lq, stochastic = False, False
+
     def __init__(self, restored: Any, datasets: dict[str, Any]):
         self.folders: dict[str, Path] = {}
         for s in datasets:
@@ -117,8 +129,11 @@ class FolderSource:
             self.folders[s] = folder
         self.info = {"kind": "folder", "folders": {s: str(f) for s, f in self.folders.items()}}
         self.files = {s: self.find_all(s, dataset_keys(ds)) for s, ds in datasets.items()}
+        # what was scored, by file sizes and modification times (a rewritten output changes it)
+        self.info["files_sha256"] = {s: _stat_fingerprint(sorted((k, p) for k, p in files.items()))
+                                     for s, files in self.files.items()}
 
-    def outputs(self, set_name: str, samples: list[dict]) -> list[torch.Tensor]:
+    def outputs(self, set_name: str, samples: list[dict], sample_index: int = 0) -> list[torch.Tensor]:
         return [to_tensor(read_image(self.files[set_name][smp["key"]])) for smp in samples]
 
     def _index(self, set_name: str) -> dict[str, list[Path]]:
@@ -157,6 +172,27 @@ class FolderSource:
         if problems:
             raise EvalError(f"set '{set_name}': " + " | ".join(problems))
         return found
+
+
+def _stat_fingerprint(items) -> str:
+    """sha256 of (name, size, mtime_ns) of each (name, path): a cheap identity of a set of files."""
+    h = hashlib.sha256()
+    for name, p in items:
+        st = Path(p).stat()
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def set_fingerprint(ds) -> str | None:
+    """The identity of an eval set's files (LQ and GT): names, sizes and modification times; None for a
+    set that does not list its files."""
+    if hasattr(ds, "pairs"):
+        items = [(f"{p.key}\0lq", p.lq) for p in ds.pairs] + [(f"{p.key}\0gt", p.gt) for p in ds.pairs]
+    elif hasattr(ds, "items"):
+        items = [(it[0], it[1]) for it in ds.items]
+    else:
+        return None
+    return _stat_fingerprint(sorted(items, key=lambda kv: kv[0]))
 
 
 def open_source(opt, datasets: dict[str, Any], device: torch.device):

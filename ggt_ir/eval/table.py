@@ -60,6 +60,17 @@ class RowOptions:
     data: Optional[str] = None  # default: the summary's label.data
     run: Optional[str] = None  # <results_root>/<run>/summary.json
     summary: Optional[str] = None  # a summary.json path
+    # `ggt-ir reproduce` (ggt_ir/reproduce): how the row is made when its summary is missing or stale
+    recipe: Optional[str] = None  # a training option file (options/train/<Model>/<model>_<arm>.yml)
+    arm: Optional[str] = None  # existing | synthetic | ggt100k (default: from the recipe's file name)
+    set: List[str] = field(default_factory=list)  # training overrides (key=value), after the table's train_set
+    pretrained: Dict[str, Any] = field(default_factory=dict)  # a zero-shot row: eval `model:` (run / options /
+    #   network_g + checkpoint ...), scored without training
+    restored: Optional[str] = None  # a zero-shot row: a folder of another method's outputs
+    eval_set: List[str] = field(default_factory=list)  # eval overrides for this row (after the table's)
+    accelerate: Dict[str, Any] = field(default_factory=dict)  # launch settings for this row's training
+    sec_per_iter: Optional[float] = None  # cost hint for --dry-run (seconds per iteration with these settings)
+    sec_per_iter_source: str = ""  # where that figure comes from
 
 
 @dataclass
@@ -101,6 +112,15 @@ class TableOptions:
     html: bool = True  # <name>.html: the table, the plots, the rows' outputs side by side
     protocol: str = choice("mark", "mark", "strict")  # cells of one column scored under different protocols
     compare: CompareOptions = field(default_factory=CompareOptions)
+    # `ggt-ir reproduce` (ggt_ir/reproduce): how missing rows are trained and scored
+    eval: Optional[str] = None  # the eval option file (eval sets x metrics) every row is scored with
+    eval_set: List[str] = field(default_factory=list)  # eval overrides for every row
+    experiments_root: Optional[str] = None  # where trainings run (default: each recipe's path.experiments_root)
+    train_set: List[str] = field(default_factory=list)  # training overrides for every recipe row
+    accelerate: Dict[str, Any] = field(default_factory=dict)  # `accelerate launch` settings (1 GPU to N nodes)
+    eval_accelerate: Dict[str, Any] = field(default_factory=dict)  # launch settings for evaluations (default: 1 process)
+    cost: Dict[str, Any] = field(default_factory=dict)  # {model: {sec_per_iter, source}}: --dry-run estimates
+    slurm: Dict[str, Any] = field(default_factory=dict)  # --emit slurm: partition, time, account, ... (sbatch)
 
 
 @dataclass
@@ -261,6 +281,10 @@ def cell_protocol(summary: dict, c: ColumnOptions) -> Optional[dict]:
     if variant is None:
         return None
     p = {k: v for k, v in _flatten(variant).items() if k.split(".")[0] not in PROTOCOL_IGNORED}
+    recorded = ((summary.get("protocol") or {}).get("metrics") or {}).get(c.metric)
+    if recorded:  # the summary's protocol block: weight files and package versions, hashed by the eval
+        p["weights"] = ", ".join(f"{w.get('file')}={str(w.get('sha256'))[:12]}" for w in recorded.get("weights", []))
+        p["protocol_sha256"] = recorded.get("sha256")
     info = (summary.get("sets") or {}).get(c.set) or {}
     n = (info.get("per_category", {}).get(c.category) or {}).get("num_images") if c.category else info.get("num_images")
     if n is not None:

@@ -26,8 +26,14 @@ import torch
 
 ADAPTER_JSON = "ggt_ir_adapter.json"  # written by every adapter export (generative families)
 _NET_G_RE = re.compile(r"^net_g_(\d+)$")
-PIXEL_OPTIONS = {"tile": 0, "tile_overlap": 32, "tile_batch": 1, "self_ensemble": False, "half": False}
-ADAPTER_OPTIONS = {"prompt": None}
+PIXEL_OPTIONS = {"tile": 0, "tile_overlap": 32, "tile_batch": 1, "self_ensemble": False, "half": False, "seed": None}
+ADAPTER_OPTIONS = {"prompt": None, "seed": None}
+# generative restorers' inference settings, recorded with what they restored (tiling, sampling)
+INFERENCE_SETTINGS = ("vae_tile", "latent_tile", "tile_overlap", "color_fix", "num_inference_steps", "guidance_scale",
+                      "true_cfg_scale", "negative_prompt", "buckets", "bucket_area", "inference_seed",
+                      "max_sequence_length")
+SEED_RULE = ("ggt_ir.eval.metrics.image_seed(base_seed, key, 'restore') for sample 0, "
+             "image_seed(base_seed, key, 'restore:<s>') for sample s > 0; base_seed alone without image keys")
 
 
 class RestorerError(ValueError):
@@ -49,6 +55,21 @@ def sample_prompts(sample: dict | list[dict] | None) -> list[str] | None:
         return None
     p = sample["prompt"]
     return [p] if isinstance(p, str) else list(p)
+
+
+def sample_seeds(sample: dict | list[dict] | None, base: int) -> list[int] | None:
+    """One seed per image from its key (and ``sample_index``, for N-sample evaluation): the same image gets
+    the same noise whatever its batch, rank or position; None when the samples carry no keys."""
+    from ggt_ir.eval.metrics import image_seed
+
+    if isinstance(sample, dict):
+        keys = sample.get("key")
+        sample = [{"key": k, "sample_index": sample.get("sample_index", 0)}
+                  for k in ([keys] if isinstance(keys, str) else list(keys or []))]
+    if not sample or any(not s.get("key") for s in sample):
+        return None
+    return [image_seed(base, s["key"], "restore" if not s.get("sample_index") else f"restore:{s['sample_index']}")
+            for s in sample]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -157,7 +178,7 @@ class PixelRestorer:
     """A pixel network on LQ batches: whole or tiled, optionally x8 self-ensemble, fp16 on CUDA."""
 
     def __init__(self, net: torch.nn.Module, device: torch.device, info: dict, tile: int = 0, tile_overlap: int = 32,
-                 tile_batch: int = 1, self_ensemble: bool = False, half: bool = False):
+                 tile_batch: int = 1, self_ensemble: bool = False, half: bool = False, seed: int | None = None):
         from ggt_ir.utils.tiling import model_pad_multiple, model_scale
 
         if half and device.type != "cuda":
@@ -170,16 +191,32 @@ class PixelRestorer:
         self.scale, self.pad_multiple = model_scale(self.net), model_pad_multiple(self.net)
         self.info = {**info, "scale": self.scale, "tile": tile, "tile_overlap": tile_overlap,
                      "self_ensemble": self_ensemble, "half": half}
+        # a sampler-based network (its own restore) may draw random numbers: each image under its own seed
+        self.sampler = hasattr(self.net, "restore")
+        self.base_seed = 0 if seed is None else int(seed)
+        if self.sampler:
+            self.info.update(stochastic=True, seeding={"base_seed": self.base_seed, "per_image": SEED_RULE,
+                                                       "how": "global RNGs seeded per image (utils.seeding.seeded)"})
 
     @torch.inference_mode()
-    def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor:
+    def restore(self, lq: torch.Tensor, sample: dict | list[dict] | None = None) -> torch.Tensor:
+        from ggt_ir.utils.seeding import seeded
         from ggt_ir.utils.tiling import self_ensemble, tiled_forward
 
         fn = getattr(self.net, "restore", self.net)  # a sampler-based network restores through its own method
         run = lambda t: tiled_forward(fn, t, self.tile, self.tile_overlap, tile_batch=self.tile_batch,  # noqa: E731
                                       scale=self.scale, pad_multiple=self.pad_multiple)
+        whole = lambda t: self_ensemble(run, t) if self.self_ensemble else run(t)  # noqa: E731
         x = lq.to(self.device, self.dtype)
-        out = self_ensemble(run, x) if self.self_ensemble else run(x)
+        seeds = sample_seeds(sample, self.base_seed) if self.sampler else None
+        if seeds is None:
+            out = whole(x)
+        else:  # one image at a time, so an image's randomness does not depend on its batch
+            outs = []
+            for i, s in enumerate(seeds):
+                with seeded(s, self.device):
+                    outs.append(whole(x[i:i + 1]))
+            out = torch.cat(outs)
         return out.float().clamp_(0, 1)
 
 
@@ -187,15 +224,29 @@ class AdapterRestorer:
     """A generative restorer rebuilt from its exported adapters: ``model.restore(lq, prompts)``; the
     prompt is the sample's (per image) unless one is forced with ``prompt``."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, info: dict, prompt: str | None = None):
+    def __init__(self, model: torch.nn.Module, device: torch.device, info: dict, prompt: str | None = None,
+                 seed: int | None = None):
+        import inspect
+
         self.model = model.eval().to(device)
         self.device, self.prompt = device, prompt
-        self.info = {**info, "prompt": prompt}
+        self.info = {**info, "prompt": prompt,
+                     "inference": {k: getattr(model, k) for k in INFERENCE_SETTINGS
+                                   if isinstance(getattr(model, k, None), (int, float, str, bool))}}
+        # a restorer that takes `seed` (EditorLoRA: its noise) gets one per image, derived from the image key
+        self.seedable = "seed" in inspect.signature(model.restore).parameters
+        self.base_seed = int(seed if seed is not None else (getattr(model, "inference_seed", 0) or 0))
+        if self.seedable:
+            self.info.update(stochastic=True, seeding={"base_seed": self.base_seed, "per_image": SEED_RULE})
 
     @torch.inference_mode()
-    def restore(self, lq: torch.Tensor, sample: dict | None = None) -> torch.Tensor:
+    def restore(self, lq: torch.Tensor, sample: dict | list[dict] | None = None) -> torch.Tensor:
         prompts = [self.prompt] * lq.shape[0] if self.prompt is not None else sample_prompts(sample)
-        return self.model.restore(lq.to(self.device), prompts).float().clamp_(0, 1)
+        kwargs = {}
+        if self.seedable:
+            seeds = sample_seeds(sample, self.base_seed)
+            kwargs["seed"] = seeds if seeds is not None else self.base_seed
+        return self.model.restore(lq.to(self.device), prompts, **kwargs).float().clamp_(0, 1)
 
 
 def _take(options: dict, allowed: dict, family: str) -> dict:

@@ -1,0 +1,241 @@
+"""`ggt-ir reproduce`: cells identified by option and weight hashes, launch commands, cost estimates, scripts,
+and (slow) the demo table end to end with a real SIGKILL in the middle."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reproduce_fixtures import write_demo_table
+
+from ggt_ir.config import OptionsError, options_to_yaml
+from ggt_ir.reproduce.cli import main as reproduce_main
+from ggt_ir.reproduce.options import AccelerateOptions, launch_command, parse_accelerate
+from ggt_ir.reproduce.plan import build_plan, train_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def weights(tmp_path_factory) -> Path:
+    from ggt_ir.testing.weights import write_random_weights
+
+    wd = tmp_path_factory.getbasetemp() / "reproduce_weights"
+    if not (wd / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth").is_file():
+        write_random_weights("lpips", wd)
+    return wd
+
+
+def _fake_finished_run(cell) -> Path:
+    """A run folder as the trainer leaves a finished run: options.yml, results.json, the last export."""
+    d = cell.run_dir
+    (d / "models").mkdir(parents=True)
+    (d / "options.yml").write_text("# command: test\n" + options_to_yaml(cell.opt))
+    (d / "results.json").write_text(json.dumps({"iter": cell.total_iter}))
+    (d / "models" / f"net_g_{cell.total_iter}.safetensors").write_bytes(b"weights")
+    return d
+
+
+def test_runs_are_found_by_options_hash_not_by_name(tmp_path, demo_root, weights):
+    table = write_demo_table(tmp_path, demo_root, weights)
+    plan = build_plan(table)
+    assert [c.id for c in plan.train] == ["train:swinir_existing", "train:swinir_ggt100k", "train:nafnet_existing",
+                                          "train:nafnet_ggt100k"]
+    assert {c.status for c in plan.train} == {"todo"} and len({c.train_sha256 for c in plan.train}) == 4
+    assert [c.status for c in plan.evals] == ["waiting"] * 4 + ["todo"]
+    first = plan.train[0]
+    run = _fake_finished_run(first)
+    again = build_plan(table)
+    assert again.train[0].status == "done" and again.train[0].run_dir == run
+    assert again.evals[0].status == "todo" and again.evals[0].reason == "no summary yet"
+    # renamed by hand: still the same training
+    moved = run.with_name("my_swinir_run")
+    run.rename(moved)
+    again = build_plan(table)
+    assert again.train[0].run_dir == moved and again.train[0].status == "done"
+    assert again.evals[0].name == "my_swinir_run"
+    # a folder with the recipe's name but other options is never reused
+    other = tmp_path / "exp" / "swinir_ggt100k"
+    other.mkdir(parents=True)
+    (other / "options.yml").write_text(options_to_yaml(first.opt))
+    ggt = build_plan(table).train[1]
+    assert ggt.renamed and ggt.run_dir.name == f"swinir_ggt100k-{ggt.train_sha256[:8]}"
+    assert f"name={ggt.run_dir.name}" in ggt.train_overrides()
+    # what changes the weights changes the hash; names, paths and logging do not
+    t = yaml.safe_load(table.read_text())
+    t["rows"][0]["set"] = ["train.optim_g.lr=0.001"]
+    t["train_set"] = ["logger.print_freq=5"]
+    table.write_text(yaml.safe_dump(t))
+    changed = build_plan(table)
+    assert changed.train[0].status == "todo" and changed.train[0].train_sha256 != first.train_sha256
+    assert changed.train[1].train_sha256 == ggt.train_sha256  # logger.* is not part of the identity
+    assert train_hash(first.opt) == first.train_sha256
+
+
+def test_bad_rows_and_launch_settings_are_one_line_errors(tmp_path, demo_root, weights):
+    table = write_demo_table(tmp_path, demo_root, weights)
+    t = yaml.safe_load(table.read_text())
+    t["rows"][0]["restored"] = "input"
+    table.write_text(yaml.safe_dump(t))
+    with pytest.raises(OptionsError, match=r"rows\[0\]: give one of recipe, pretrained, restored"):
+        build_plan(table)
+    with pytest.raises(OptionsError, match="num_process"):
+        parse_accelerate({"num_proceses": 8}, src="t.yml")
+    t["rows"][0].pop("restored")
+    t["rows"][1]["recipe"] = str(tmp_path / "missing.yml")
+    table.write_text(yaml.safe_dump(t))
+    assert reproduce_main(["-opt", str(table), "--dry-run"]) == 2
+
+
+def test_launch_commands_for_one_gpu_to_n_nodes(monkeypatch):
+    argv, env = launch_command(AccelerateOptions(num_processes=8), ["train.py", "-opt", "x.yml"])
+    assert argv[1:] == ["launch", "--num_processes", "8", "--num_machines", "1", "--mixed_precision", "no",
+                        "--dynamo_backend", "no", "--multi_gpu", "train.py", "-opt", "x.yml"]
+    argv, env = launch_command(AccelerateOptions(num_processes=2, cpu=True), ["t.py"])
+    assert "--multi_gpu" in argv and "--cpu" not in argv and env["ACCELERATE_USE_CPU"] == "true"
+    argv, _ = launch_command(AccelerateOptions(config_file="fsdp.yaml"), ["t.py"])
+    assert argv[1:] == ["launch", "--config_file", "fsdp.yaml", "t.py"]  # the config file decides the rest
+    with pytest.raises(ValueError, match="machine_rank"):
+        launch_command(AccelerateOptions(num_processes=16, num_machines=2), ["t.py"])
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    monkeypatch.setenv("MASTER_ADDR", "node07")
+    argv, _ = launch_command(AccelerateOptions(num_processes=16, num_machines=2), ["t.py"])
+    i = argv.index("--machine_rank")
+    assert argv[i:i + 6] == ["--machine_rank", "1", "--main_process_ip", "node07", "--main_process_port", "29500"]
+    assert launch_command(AccelerateOptions(launcher="python"), ["ggt_ir", "eval"], module=True)[0][1:] == [
+        "-m", "ggt_ir", "eval"]
+
+
+def test_dry_run_cost_sources_and_emitted_scripts(tmp_path, demo_root, weights, capsys):
+    table = write_demo_table(tmp_path, demo_root, weights)
+    t = yaml.safe_load(table.read_text())
+    t["cost"] = {"SwinIR": {"sec_per_iter": 0.5, "source": "bench note X"}}
+    t["accelerate"] = {"num_processes": 16, "num_machines": 2}
+    t["slurm"] = {"partition": "gpu", "setup": ["source .venv/bin/activate"]}
+    table.write_text(yaml.safe_dump(t))
+    plan = build_plan(table, check_paths=False)
+    # a partly trained run: its own log gives the measured seconds per iteration
+    nafnet = plan.train[2]
+    nafnet.run_dir.mkdir(parents=True)
+    (nafnet.run_dir / "options.yml").write_text(options_to_yaml(nafnet.opt))
+    (nafnet.run_dir / "train_nafnet_existing_1.log").write_text(
+        "[nafnet_exist..][epoch:  0, iter:       1, lr:(2.000e-03)] [eta: 0:00:01, time (data): 0.200 (0.010)] l_pix: 1\n"
+        "[nafnet_exist..][epoch:  0, iter:       2, lr:(2.000e-03)] [eta: 0:00:01, time (data): 0.400 (0.010)] l_pix: 1\n"
+        "[nafnet_exist..][epoch:  0, iter:       3, lr:(2.000e-03)] [eta: 0:00:01, time (data): 0.300 (0.010)] l_pix: 1\n")
+    assert reproduce_main(["-opt", str(table), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 iterations x 0.5 s/it x 16 process(es) = 0.01 device-hours (bench note X)" in out
+    assert "6 iterations x 0.3 s/it x 16 process(es)" in out and "measured: median of 3 log lines" in out
+    assert "unknown for train:nafnet_ggt100k" in out
+    assert reproduce_main(["-opt", str(table), "--emit", "shell"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#!/usr/bin/env bash") and script.count("--only train:") == 4
+    assert "--only eval:lq_input_zero-shot" in script and script.rstrip().endswith("--only table")
+    out_dir = tmp_path / "jobs"
+    assert reproduce_main(["-opt", str(table), "--emit", "slurm", "--emit-dir", str(out_dir)]) == 0
+    array = (out_dir / "train_array.sbatch").read_text()
+    assert "#SBATCH --array=0-3" in array and "#SBATCH --nodes=2" in array and "#SBATCH --gpus-per-node=8" in array
+    assert "#SBATCH --partition=gpu" in array and "source .venv/bin/activate" in array
+    assert "MASTER_ADDR" in array and "srun --ntasks-per-node=1" in array
+    assert "--dependency=afterok" in (out_dir / "submit.sh").read_text()
+    assert "--only table" in (out_dir / "eval.sbatch").read_text()
+    capsys.readouterr()
+
+
+def test_a_busy_run_is_locked(tmp_path):
+    from ggt_ir.reproduce.run import ReproduceError, locked
+
+    with locked(tmp_path / "run", "train:x"):
+        with pytest.raises(ReproduceError, match="in use by pid"):
+            with locked(tmp_path / "run", "train:x"):
+                pass
+    with locked(tmp_path / "run", "train:x"):  # released
+        pass
+
+
+def test_eval_cells_are_redone_when_options_data_or_protocol_change(tmp_path, demo_root, weights):
+    """The zero-shot row, scored in this process: done; then each kind of change makes it todo again."""
+    from ggt_ir.eval.loop import run_evaluation
+    from ggt_ir.eval.options import load_eval_options
+    from ggt_ir.reproduce.run import write_eval_file
+
+    table = write_demo_table(tmp_path, demo_root, weights)
+    plan = build_plan(table)
+    cell = plan.evals[-1]
+    run_evaluation(load_eval_options(write_eval_file(plan, cell)))
+    assert build_plan(table).evals[-1].status == "done"
+    summary_file = tmp_path / "results" / cell.name / "summary.json"
+    s = json.loads(summary_file.read_text())
+    s["protocol"]["versions"]["pyiqa"] = "0.0.1"
+    summary_file.write_text(json.dumps(s))
+    c = build_plan(table).evals[-1]
+    assert c.status == "todo" and "pyiqa is" in c.reason
+    run_evaluation(load_eval_options(write_eval_file(plan, cell)))
+    lq = sorted(demo_root.glob("test/rain/LQ/*.png"))[0]
+    st = lq.stat()
+    os.utime(lq, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an eval-set file rewritten
+    try:
+        c = build_plan(table).evals[-1]
+        assert c.status == "todo" and "eval-set files changed" in c.reason
+    finally:
+        os.utime(lq, ns=(st.st_atime_ns, st.st_mtime_ns))
+    t = yaml.safe_load(table.read_text())
+    t["eval_set"] = ["eval.max_size_diff=4"]
+    table.write_text(yaml.safe_dump(t))
+    c = build_plan(table).evals[-1]
+    assert c.status == "todo" and "eval options changed" in c.reason
+
+
+# --------------------------------------------------------------------------- end to end
+def _reproduce(table: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "ggt_ir", "reproduce", "-opt", str(table)], cwd=table.parent,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_demo_table_end_to_end_with_a_sigkill(tmp_path, demo_root, weights):
+    """Two tiny models x two arms (+ a zero-shot row) on the demo data, trained with `accelerate launch` on the
+    CPU: once straight through, and once SIGKILLed (the whole process group, as a scheduler does) in the
+    middle of the third training, then started again. Both end with the same table; the killed training
+    resumed from its checkpoint, and nothing finished before the kill ran again."""
+    straight = write_demo_table(tmp_path / "a", demo_root, weights)
+    p = _reproduce(straight)
+    out = p.communicate(timeout=1500)[0]
+    assert p.returncode == 0, out[-4000:]
+
+    killed = write_demo_table(tmp_path / "b", demo_root, weights)
+    exp = tmp_path / "b" / "exp"
+    p = _reproduce(killed, start_new_session=True)
+    deadline = time.time() + 1200
+    while not (exp / "nafnet_existing" / "checkpoints" / "checkpoint-3").is_dir():
+        assert p.poll() is None and time.time() < deadline, "reproduce ended before the kill"
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (exp / "nafnet_existing" / "results.json").exists()  # killed in the middle of that training
+    assert not (exp / "nafnet_ggt100k").exists()
+    p = _reproduce(killed)
+    out = p.communicate(timeout=1500)[0]
+    assert p.returncode == 0, out[-4000:]
+    assert "train:swinir_existing: done" in out and "eval:swinir_ggt100k: done" in out
+    assert "train:nafnet_existing resumes at iteration 3" in out
+    log = "".join(f.read_text() for f in (exp / "nafnet_existing").glob("train_*.log"))
+    assert "resumed from" in log and "checkpoint-3" in log
+    assert len((exp / "swinir_existing" / "commands.txt").read_text().splitlines()) == 1  # never retrained
+    for ext in ("md", "csv", "tex"):
+        a = (tmp_path / "a" / "tables" / f"demo.{ext}").read_text()
+        b = (tmp_path / "b" / "tables" / f"demo.{ext}").read_text()
+        assert a == b, ext
+    md = (tmp_path / "b" / "tables" / "demo.md").read_text()
+    assert "| SwinIR | Δ (GGT-100K − Existing) |" in md and "| LQ input | zero-shot |" in md
+    summary = json.loads((tmp_path / "b" / "results" / "nafnet_existing" / "summary.json").read_text())
+    assert summary["protocol"]["metrics"]["lpips"]["weights"] and summary["cell"]["weights_sha256"]
