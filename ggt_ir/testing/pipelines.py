@@ -142,24 +142,20 @@ def _bytes_to_unicode() -> dict:
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def save_tiny_qwen_image_edit(folder: str | Path, seed: int = 0) -> Path:
-    """A Qwen-Image-Edit folder (QwenImageEditPipeline.save_pretrained): tiny QwenImageTransformer2DModel,
-    AutoencoderKLQwenImage (factor 4, 4 latent channels), Qwen2.5-VL text encoder with a 1-layer vision tower,
-    a byte-level Qwen2 tokenizer with the chat/vision special tokens, and a Qwen2-VL processor (small pixel budget)."""
-    import torch
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline,
-                           QwenImageTransformer2DModel)
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+def tiny_qwen25_vl_parts(chat_template: str | None = None):
+    """(tokenizer, processor, config, eos id) of a tiny Qwen2.5-VL: a byte-level Qwen2 tokenizer with the chat/vision
+    special tokens, a Qwen2-VL processor with a small pixel budget, 1 text layer and a 1-block vision tower."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2Tokenizer, Qwen2VLImageProcessor, Qwen2VLProcessor,
+                              Qwen2VLVideoProcessor)
 
-    folder = Path(folder)
     tok = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(_bytes_to_unicode().values())}, merges=[])
     tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
     ids = {s: tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
     pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
     proc = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
                                                                   **pixels),
-                            tokenizer=tok, video_processor=Qwen2VLVideoProcessor(**pixels))
+                            tokenizer=tok, video_processor=Qwen2VLVideoProcessor(**pixels),
+                            **({"chat_template": chat_template} if chat_template else {}))
     eos = tok.convert_tokens_to_ids("<|endoftext|>")
     cfg = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
@@ -171,6 +167,20 @@ def save_tiny_qwen_image_edit(folder: str | Path, seed: int = 0) -> Path:
                            fullatt_block_indexes=[0]),
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    return tok, proc, cfg, eos
+
+
+def save_tiny_qwen_image_edit(folder: str | Path, seed: int = 0) -> Path:
+    """A Qwen-Image-Edit folder (QwenImageEditPipeline.save_pretrained): tiny QwenImageTransformer2DModel,
+    AutoencoderKLQwenImage (factor 4, 4 latent channels), Qwen2.5-VL text encoder with a 1-layer vision tower,
+    a byte-level Qwen2 tokenizer with the chat/vision special tokens, and a Qwen2-VL processor (small pixel budget)."""
+    import torch
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline,
+                           QwenImageTransformer2DModel)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    folder = Path(folder)
+    tok, proc, cfg, eos = tiny_qwen25_vl_parts()
     torch.manual_seed(seed)
     text_encoder = Qwen2_5_VLForConditionalGeneration(cfg)
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=1,

@@ -136,29 +136,10 @@ def save_tiny_qwen25_vl(folder: str | Path, seed: int = 0) -> Path:
     """A random Qwen2.5-VL (1 text layer, 1 vision block) + processor with a chat template, saved with
     ``save_pretrained``: ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained(folder)`` load it."""
     import torch
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer,
-                              Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     folder = Path(folder)
-    tok = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(tiny_pipelines._bytes_to_unicode().values())}, merges=[])
-    tok.add_special_tokens({"additional_special_tokens": tiny_pipelines.QWEN_SPECIALS})
-    ids = {s: tok.convert_tokens_to_ids(s) for s in tiny_pipelines.QWEN_SPECIALS}
-    pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-    proc = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(patch_size=14, merge_size=2, temporal_patch_size=2,
-                                                                  **pixels),
-                            tokenizer=tok, video_processor=Qwen2VLVideoProcessor(**pixels),
-                            chat_template=_QWEN_CHAT_TEMPLATE)
-    eos = tok.convert_tokens_to_ids("<|endoftext|>")
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [1, 1, 2]}),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=32,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[0]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    tok, proc, cfg, eos = tiny_pipelines.tiny_qwen25_vl_parts(chat_template=_QWEN_CHAT_TEMPLATE)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg)
     model.generation_config.eos_token_id = eos
