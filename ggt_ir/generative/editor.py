@@ -406,6 +406,4 @@ class EditorLoRA(nn.Module):
         for sub, entry in info["adapters"].items():
             L.load_peft_adapter(self.transformer, folder / sub, entry["adapter"])
         L.activate(self.transformer, ["default"])
-        if self.config.get("quantize", "none") == "none":  # a quantized model keeps its storage dtypes
-            self.transformer.to(self.dtype_)
-        L.mark_only_lora_trainable(self)
+        L.mark_only_lora_trainable(self)  # LoRA fp32 as exported (a cast to a bf16 weight_dtype would round it)
