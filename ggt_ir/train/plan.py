@@ -364,7 +364,8 @@ def plan_editor(opt) -> dict:
         if family == "flux_kontext":
             ids = torch.zeros(2 * n_img, 3, device="meta", dtype=torch.bfloat16)
             out = transformer(hidden_states=hidden, timestep=ts, guidance=torch.ones(batch, device="meta"),
-                              pooled_projections=torch.randn(batch, 768, device="meta", dtype=torch.bfloat16),
+                              pooled_projections=torch.randn(batch, transformer.config.pooled_projection_dim,
+                                                             device="meta", dtype=torch.bfloat16),
                               encoder_hidden_states=text, txt_ids=torch.zeros(text_tokens, 3, device="meta",
                                                                               dtype=torch.bfloat16),
                               img_ids=ids, return_dict=False)[0]
