@@ -29,6 +29,10 @@ def test_text_encoders_offload_encode_once_and_stay_off_the_device(tiny_kontext)
     net(lq, gt, [PROMPT, PROMPT])
     net(lq, gt, [PROMPT, PROMPT])
     assert ed.text.encodes == 1  # the cached instruction: the encoders ran (were on the device) once
+    early = kontext(tiny_kontext, text_encoders="offload")
+    assert early.precompute_instructions() == [PROMPT] and early.editor.text.encodes == 1  # before training
+    early(lq, gt, [PROMPT, PROMPT])
+    assert early.editor.text.encodes == 1  # the step found it in the cache
     gpu = kontext(tiny_kontext)
     assert len(gpu.helpers_on_device()) == 3
     with pytest.raises(ValueError, match="network_g.text_encoders must be one of gpu, offload, cpu"):

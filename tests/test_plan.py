@@ -74,6 +74,12 @@ def test_plan_layouts_and_gradient_checkpointing_move_the_figures(tmp_path):
     text = per_gpu(gpu)["rows"]["text encoder(s)"][1]
     assert text > 8 * GiB  # CLIP + T5-XXL in bf16
     assert per_gpu(gpu)["train_phase"] - per_gpu(offload)["train_phase"] == pytest.approx(text)
+    # a fixed instruction is encoded before the transformer is placed: the encoders never share the GPU with it
+    assert offload["text_phase_alone"] and per_gpu(offload)["text_phase"] < per_gpu(offload)["rows"]["transformer (frozen)"][1]
+    per_sample = build_plan(load_options(FLUX, ["datasets.train.gt_size=512", "network_g.text_encoders=offload",
+                                                "network_g.prompt_mode=batch"], check_paths=False))
+    assert not per_sample["text_phase_alone"]
+    assert per_gpu(per_sample)["text_phase"] > per_gpu(offload)["text_phase"] + frozen  # next to the transformer
 
 
 @pytest.mark.slow

@@ -225,6 +225,17 @@ class EditorLoRA(nn.Module):
     def device(self) -> torch.device:
         return self.editor.device  # the VAE's: the transformer's parameters may be sharded or quantized
 
+    def precompute_instructions(self) -> list[str]:
+        """Encode the instructions known before training -- ``prompt`` and, with true CFG, ``negative_prompt`` -- into
+        the family's prompt cache, on the helpers' device. Called by the step before the transformer is placed: with
+        ``text_encoders: offload`` the encoders then never share the GPU with the transformer for a fixed
+        instruction. Nothing for a family whose encoder sees the image (Qwen-Image-Edit encodes every step)."""
+        if self.editor.text_sees_image:
+            return []
+        prompts = [self.prompt] + ([self.negative_prompt] if self.true_cfg_scale > 1 else [])
+        self.editor.encode_text(prompts, None)
+        return prompts
+
     # ------------------------------------------------------------------ sizes and buckets
     def bucket_for(self, h: int, w: int) -> tuple[int, int]:
         """(height, width) the model runs at for an input of h x w."""
@@ -395,6 +406,4 @@ class EditorLoRA(nn.Module):
         for sub, entry in info["adapters"].items():
             L.load_peft_adapter(self.transformer, folder / sub, entry["adapter"])
         L.activate(self.transformer, ["default"])
-        if self.config.get("quantize", "none") == "none":  # a quantized model keeps its storage dtypes
-            self.transformer.to(self.dtype_)
-        L.mark_only_lora_trainable(self)
+        L.mark_only_lora_trainable(self)  # LoRA fp32 as exported (a cast to a bf16 weight_dtype would round it)

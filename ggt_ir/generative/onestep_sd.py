@@ -338,10 +338,11 @@ class OneStepSD(nn.Module):
             names[entry["component"]].append(entry["adapter"])
         for comp, ns in names.items():
             L.activate(models[comp], ns)
-        for m in models.values():
-            m.to(self.dtype_)
+        # the LoRA tensors stay fp32 as exported (a cast to a bf16 weight_dtype here would round them)
         conv_in = info.get("trained_modules", {}).get("unet.conv_in")
         if conv_in:
+            if self.full_trained:  # held in fp32 when trained (run_in_fp32): load the exported values unrounded
+                getattr(self.unet.conv_in, "base_layer", self.unet.conv_in).float()
             load_conv_in(self.unet, folder / conv_in)
         L.mark_only_lora_trainable(self, full=self.full_trained)
 

@@ -364,7 +364,8 @@ def plan_editor(opt) -> dict:
         if family == "flux_kontext":
             ids = torch.zeros(2 * n_img, 3, device="meta", dtype=torch.bfloat16)
             out = transformer(hidden_states=hidden, timestep=ts, guidance=torch.ones(batch, device="meta"),
-                              pooled_projections=torch.randn(batch, 768, device="meta", dtype=torch.bfloat16),
+                              pooled_projections=torch.randn(batch, transformer.config.pooled_projection_dim,
+                                                             device="meta", dtype=torch.bfloat16),
                               encoder_hidden_states=text, txt_ids=torch.zeros(text_tokens, 3, device="meta",
                                                                               dtype=torch.bfloat16),
                               img_ids=ids, return_dict=False)[0]
@@ -384,12 +385,18 @@ def plan_editor(opt) -> dict:
     parts.append(Part("VAE encoding working set", "transient", vae_sim.peak, False,
                       "meta simulation, no grad; before the transformer step"))
     units = list(getattr(transformer, "_no_split_modules", None) or [])
+    prompt_mode = g.get("prompt_mode", "fixed")
+    # FLUX's instruction is encoded before the transformer is placed (EditorLoRA.precompute_instructions): with
+    # offloaded encoders and a fixed instruction they never share the GPU with it; per-sample instructions
+    # (prompt_mode batch) may miss the cache mid-run, next to the transformer
+    text_alone = not fam.text_sees_image and placement == "offload" and prompt_mode == "fixed"
     return {"family": f"EditorLoRA ({family})", "source": source, "parts": parts, "units": units,
+            "text_phase_alone": text_alone,
             "unit_bytes": largest_unit_bytes(transformer, dtype, units) * (QUANT_BYTES[quantize] / _dtype_bytes(dtype)
                                                                            if quantize != "none" else 1),
             "two_models": False,
             "settings": {"resolution": res, "batch": batch, "gradient_checkpointing": gc, "text_encoders": placement,
-                         "quantize": quantize, "weight dtype": str(dtype).replace("torch.", ""),
+                         "prompt_mode": prompt_mode, "quantize": quantize, "weight dtype": str(dtype).replace("torch.", ""),
                          "optimizer": t.optim_g.type}}
 
 
@@ -421,7 +428,9 @@ def per_gpu(plan: dict, layout: str = "single", processes: int = 1) -> dict:
     transients = [b for p, b in rows.values() if p.kind == "transient"]
     placement = plan["settings"].get("text_encoders", "gpu")
     on_gpu_text = text if placement == "gpu" else 0.0
-    text_phase = resident + (text if placement != "cpu" else 0.0) + (transients[0] if transients else 0.0)
+    helpers = sum(b for p, b in rows.values() if p.kind == "helper")
+    text_phase = ((helpers if plan.get("text_phase_alone") else resident) + (text if placement != "cpu" else 0.0)
+                  + (transients[0] if transients else 0.0))
     other_transients = max(transients[1:], default=0.0)
     train_phase = resident + on_gpu_text + max(act, other_transients)
     return {"rows": rows, "extra": extra, "peak": max(train_phase, text_phase), "train_phase": train_phase,
@@ -448,6 +457,8 @@ def suggestions(opt_path: str, overrides: list[str], plan: dict, layout: str, pr
         candidates.append(("network_g.gradient_checkpointing=true", {}))
     if s.get("text_encoders", "gpu") == "gpu":
         candidates.append(("network_g.text_encoders=offload", {}))
+    if plan["family"].endswith("(flux_kontext)") and not plan.get("text_phase_alone"):
+        candidates.append(("network_g.text_encoders=offload network_g.prompt_mode=fixed", {}))
     if "quantize" in s and s["quantize"] == "none":
         candidates += [("network_g.quantize=int8", {}), ("network_g.quantize=nf4", {}),
                        ("network_g.quantize=nf4 network_g.quantize_text_encoders=true network_g.text_encoders=offload", {})]
@@ -487,7 +498,12 @@ def render(plan: dict, g: dict, gpu_gib: float | None) -> str:
     for name, b in g["extra"].items():
         lines.append(f"| {name:<46} | {b / GiB:8.2f} | layout |")
     lines += ["", f"estimated peak per GPU: {g['peak'] / GiB:.2f} GiB ({g['peak'] / 1e9:.1f} GB) "
-                  f"(training step {g['train_phase'] / GiB:.2f} GiB, text encoding {g['text_phase'] / GiB:.2f} GiB)"]
+                  f"(training step {g['train_phase'] / GiB:.2f} GiB, text encoding {g['text_phase'] / GiB:.2f} GiB"
+                  + (", before the transformer is placed" if plan.get("text_phase_alone") else "") + ")"]
+    s = plan["settings"]
+    if s.get("text_encoders") == "offload" and not plan.get("text_phase_alone") and plan["family"].endswith("(flux_kontext)"):
+        lines.append("  (prompt_mode batch: a new per-sample instruction brings the encoders to the GPU next to the "
+                     "transformer; with prompt_mode fixed they are used once, before it is placed)")
     if gpu_gib:
         lines.append(f"{'fits' if g['peak'] <= gpu_gib * GiB else 'does NOT fit'} a {gpu_gib:g} GiB GPU")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ class EditorFamily:
     subfolders: tuple[str, ...] = ()  # the diffusers folder layout the family loads
     lora_targets: tuple[str, ...] = ()  # default LoRA layer-name suffixes (diffusers' LoRA scripts)
     text_encoder_names: tuple[str, ...] = ("text_encoder",)  # the keys of :attr:`frozen` that encode instructions
+    text_sees_image: bool = True  # the instruction encoding depends on the image (no cache; encoded every step)
     patch: int = 2  # latents are packed in patch x patch tokens
 
     def __init__(self, dtype: torch.dtype, *, max_sequence_length: int = 512, max_cached_prompts: int = 1024,

@@ -29,6 +29,7 @@ class FluxKontext(EditorFamily):
     subfolders = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
     # diffusers' FLUX(-Kontext) LoRA script: attention + feed-forward layers
     text_encoder_names = ("text_encoder", "text_encoder_2")
+    text_sees_image = False  # cached per prompt
     lora_targets = ("attn.to_k", "attn.to_q", "attn.to_v", "attn.to_out.0", "attn.add_k_proj", "attn.add_q_proj",
                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
                     "ff_context.net.2", "proj_mlp")

@@ -87,8 +87,9 @@ class EditorLoRAStep(Step):
         if self.launch == "deepspeed":
             sharding.configure_deepspeed(accelerator, opt.datasets["train"].batch_size_per_gpu,
                                          t.gradient_accumulation_steps, t.grad_clip)
+        net.move_helpers(accelerator.device)
+        net.precompute_instructions()  # before the transformer arrives (text_encoders: offload never overlaps it)
         if self.sharded:  # the transformer is placed (and sharded) by FSDP / DeepSpeed, never whole on each GPU
-            net.move_helpers(accelerator.device)
             sharding.partition_zero3(net.transformer, accelerator)
         else:
             net.to(accelerator.device)
