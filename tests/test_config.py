@@ -12,10 +12,10 @@ def _write(tmp_path, opt, name="opt.yml"):
 
 
 def test_demo_option_file_loads(demo_root, tmp_path):
-    opt = load_options("options/demo/swinir_demo.yml", check_paths=False)
-    assert opt.network_g["type"] == "SwinIR"
+    opt = load_options("options/demo/nafnet_demo.yml", check_paths=False)
+    assert opt.network_g["type"] == "NAFNet"
     assert opt.datasets["train"].gt_size == 64
-    assert opt.train.optim_g.lr == pytest.approx(1e-3)
+    assert opt.train.optim_g.lr == pytest.approx(2e-3)
     assert list(opt.val_sets()) == ["val"]
     assert opt.datasets["val"].split == "val"  # validation (and "best") on the held-out val split, never test
 

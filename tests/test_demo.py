@@ -25,7 +25,7 @@ def test_demo_has_train_val_test_splits_sharing_no_pixels(tmp_path):
 
 
 def test_demo_option_files_validate_on_val_and_say_what_the_demo_is():
-    demo = yaml.safe_load((ROOT / "options/demo/swinir_demo.yml").read_text())
+    demo = yaml.safe_load((ROOT / "options/demo/nafnet_demo.yml").read_text())
     assert demo["datasets"]["val"]["split"] == "val"
     assert "smoke test" in demo["description"]
     assert yaml.safe_load((ROOT / "options/eval/demo.yml").read_text())["datasets"]["test"]["split"] == "test"

@@ -182,7 +182,7 @@ def build_demo(out: str | Path, size: int = 128, train_per_category: int = 8, te
 
 
 def build_demo_shards(root: str | Path, out: str | Path, name: str = "ggt-demo", per_shard: int = 8) -> dict:
-    """Webdataset shards of the demo set (what options/demo/swinir_demo.yml trains from): ``<out>/<name>-
+    """Webdataset shards of the demo set (what options/demo/nafnet_demo.yml trains from): ``<out>/<name>-
     {train,test}-NNNNNN.tar`` + manifest, ``per_shard`` pairs each. Reruns skip finished shards."""
     from ggt_ir.data.pairing import find_pairs
     from ggt_ir.data.shards import BuildConfig, build_shards
