@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml lock.txt requirements-nodeps.txt
 demo-data: setup
 	$(BIN)/python -m ggt_ir.data.demo --out datasets/demo
 
-# Train a small SwinIR on the demo data (validating as it goes), then score it on the demo test split.
+# Train a small NAFNet on the demo data (validating as it goes), then score it on the demo test split.
 demo: demo-data
-	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch $(ACCELERATE_LOCAL) train.py -opt options/demo/swinir_demo.yml
+	HF_HUB_OFFLINE=1 $(BIN)/accelerate launch $(ACCELERATE_LOCAL) train.py -opt options/demo/nafnet_demo.yml
 	HF_HUB_OFFLINE=1 $(BIN)/ggt-ir eval -opt options/eval/demo.yml
 
 # The synthesis pipeline (docs/synthesis.md) on the demo LQ images with tiny random models, on CPU: generate,
@@ -41,4 +41,4 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(BIN)/python -m pytest -q -m "not slow"
 
 clean-demo:
-	rm -rf datasets/demo experiments/swinir_demo experiments/swinir_demo_archived_* results/swinir_demo
+	rm -rf datasets/demo experiments/nafnet_demo experiments/nafnet_demo_archived_* results/nafnet_demo

@@ -1,4 +1,4 @@
-"""Train a restoration model:  accelerate launch train.py -opt options/demo/swinir_demo.yml"""
+"""Train a restoration model:  accelerate launch train.py -opt options/demo/nafnet_demo.yml"""
 from ggt_ir.train.cli import run_and_exit
 
 if __name__ == "__main__":

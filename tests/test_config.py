@@ -12,10 +12,10 @@ def _write(tmp_path, opt, name="opt.yml"):
 
 
 def test_demo_option_file_loads(demo_root, tmp_path):
-    opt = load_options("options/demo/swinir_demo.yml", check_paths=False)
-    assert opt.network_g["type"] == "SwinIR"
+    opt = load_options("options/demo/nafnet_demo.yml", check_paths=False)
+    assert opt.network_g["type"] == "NAFNet"
     assert opt.datasets["train"].gt_size == 64
-    assert opt.train.optim_g.lr == pytest.approx(1e-3)
+    assert opt.train.optim_g.lr == pytest.approx(2e-3)
     assert list(opt.val_sets()) == ["val"]
     assert opt.datasets["val"].split == "val"  # validation (and "best") on the held-out val split, never test
 
@@ -183,7 +183,24 @@ def test_missing_data_errors_point_to_the_right_place(demo_root, tmp_path):
     opt["datasets"]["train"]["dataroot"] = "/data/GGT-100K"
     with pytest.raises(OptionsError) as e:
         load_options(_write(tmp_path, opt))
-    assert "docs/data.md#getting-ggt-100k" in str(e.value) and "make demo-data" not in str(e.value)
+    msg = str(e.value)
+    assert "/data/GGT-100K" in msg and "make demo-data" not in msg
+    assert "`ggt-ir data fetch ggt100k`" in msg and "docs/data.md#getting-ggt-100k" in msg
     opt["datasets"]["train"]["dataroot"] = "datasets/demo/GGT-demo-missing"
-    with pytest.raises(OptionsError, match="make demo-data"):
+    with pytest.raises(OptionsError) as e:  # the demo's data: how to build it, and where the real data comes from
         load_options(_write(tmp_path, opt))
+    assert "`make demo-data`" in str(e.value) and "`ggt-ir data fetch ggt100k`" in str(e.value)
+
+
+@pytest.mark.parametrize("urls, says", [
+    ("datasets/demo/shards/ggt-demo-train-{000000..000001}.tar", "`make demo-data`"),
+    ("datasets/shards/ggt100k-train-{000000..000001}.tar", "`ggt-ir shards build datasets/GGT-100K"),
+])
+def test_missing_shards_say_how_to_make_them(demo_root, tmp_path, urls, says):
+    opt = tiny_options(demo_root, tmp_path)
+    opt["datasets"]["train"] = {"type": "GGTShards", "urls": str(tmp_path / urls), "gt_size": 16,
+                                "batch_size_per_gpu": 2}
+    with pytest.raises(OptionsError) as e:
+        load_options(_write(tmp_path, opt))
+    msg = str(e.value)
+    assert "2 of 2 shard(s) not found" in msg and says in msg and "`ggt-ir data fetch ggt100k`" in msg

@@ -20,12 +20,28 @@ batch, each once per pass (``GGTShards``); the trainer counts the distinct ones.
 from ggt_ir.registry import Registry
 
 
+def _is_demo_path(path: str) -> bool:
+    return "demo" in str(path).replace("\\", "/").split("/")[:3] or "datasets/demo" in str(path)
+
+
+# where the real data comes from (docs/data.md, "Getting GGT-100K"; `ggt-ir data` is ggt_ir/assets)
+REAL_DATA = ("GGT-100K: `ggt-ir data fetch ggt100k` (into datasets/GGT-100K; docs/data.md#getting-ggt-100k); "
+             "the eval benchmarks: `ggt-ir data list`, `ggt-ir data fetch NAME`")
+
+
 def missing_data_hint(path: str) -> str:
     """What to do about a data path that does not exist: build the demo set, or get the real data."""
-    if "demo" in str(path).replace("\\", "/").split("/")[:3] or "datasets/demo" in str(path):
-        return "Build the demo data with `make demo-data`, or fix the path."
-    return ("Get the data first (GGT-100K: docs/data.md#getting-ggt-100k; the eval benchmarks: docs/data.md), "
-            "or fix the path.")
+    if _is_demo_path(path):
+        return f"Build the demo data with `make demo-data` (the real data: {REAL_DATA}), or fix the path."
+    return f"Get the data first ({REAL_DATA}), or fix the path."
+
+
+def missing_shards_hint(url: str) -> str:
+    """What to do about shards that do not exist: the demo's come with the demo data, others are built."""
+    if _is_demo_path(url):
+        return f"Build the demo data (and its shards) with `make demo-data` (the real data: {REAL_DATA}), or fix the pattern."
+    return ("Build them with `ggt-ir shards build` (docs/data.md; GGT-100K: `ggt-ir data fetch ggt100k`, then "
+            "`ggt-ir shards build datasets/GGT-100K --out datasets/shards --name ggt100k`), or fix the pattern.")
 
 
 DATASETS = Registry(

@@ -134,9 +134,11 @@ def build_demo(out: str | Path, size: int = 128, train_per_category: int = 8, te
     names = sorted(photos)
     rng = np.random.default_rng(seed)
     test_rows: dict[str, list[int]] = {}  # photo -> top rows of its test crops (the val crops avoid them)
+    crops: list[dict] = []  # where every crop came from (crops.json): the splits can be checked to share no pixels
 
     def write(split: str, cat: str, k: int, pname: str, x0: int, y0: int) -> None:
         gt = photos[pname][y0 : y0 + size, x0 : x0 + size]
+        crops.append({"split": split, "category": cat, "photo": pname, "x": x0, "y": y0, "size": size})
         lq = np.clip(DEGRADATIONS[cat](gt, rng), 0, 1)
         stem = f"{cat}_{k:03d}_{pname}"
         for role, arr in (("LQ", lq), ("GT", gt)):
@@ -174,12 +176,13 @@ def build_demo(out: str | Path, size: int = 128, train_per_category: int = 8, te
             x0 = int(rng.integers(x_lo, max(x_lo + 1, x_hi)))
             y0 = free[int(rng.integers(0, len(free)))]
             write("val", cat, k, pname, x0, y0)
+    (root / "crops.json").write_text(json.dumps(crops, indent=0))
     marker.write_text(json.dumps(recipe))
     return root
 
 
 def build_demo_shards(root: str | Path, out: str | Path, name: str = "ggt-demo", per_shard: int = 8) -> dict:
-    """Webdataset shards of the demo set (what options/demo/swinir_demo.yml trains from): ``<out>/<name>-
+    """Webdataset shards of the demo set (what options/demo/nafnet_demo.yml trains from): ``<out>/<name>-
     {train,test}-NNNNNN.tar`` + manifest, ``per_shard`` pairs each. Reruns skip finished shards."""
     from ggt_ir.data.pairing import find_pairs
     from ggt_ir.data.shards import BuildConfig, build_shards

@@ -834,14 +834,17 @@ class GGTShardsDataset:
                 if not s.urls and not s.manifest:
                     raise OptionsError(f"{src}: {kp} needs 'urls' or 'manifest'")
                 if s.manifest and local_path(s.manifest) and not Path(local_path(s.manifest)).is_file():
+                    from ggt_ir.data import missing_shards_hint
+
                     raise OptionsError(f"{src}: {kp}.manifest: file not found: {s.manifest}. "
-                                       "Build shards with `ggt-ir shards build`.")
+                                       + missing_shards_hint(s.manifest))
                 urls = expand_urls(s.urls) if s.urls else []
                 missing = [u for u in urls if local_path(u) and not Path(local_path(u)).is_file()]
                 if missing:
+                    from ggt_ir.data import missing_shards_hint
+
                     raise OptionsError(f"{src}: {kp}.urls: {len(missing)} of {len(urls)} shard(s) not found, e.g. "
-                                       f"{missing[0]}. Build them with `ggt-ir shards build` (docs/data.md; GGT-100K: "
-                                       "docs/data.md#getting-ggt-100k), or fix the pattern.")
+                                       f"{missing[0]}. {missing_shards_hint(missing[0])}")
 
     def __init__(self, opts: "GGTShardsDataset.Options"):
         self.opts = opts
