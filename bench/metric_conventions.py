@@ -1,95 +1,188 @@
-"""How far apart the two PSNR/SSIM conventions and the two NIQE implementations are (the figures in
-docs/evaluation.md, measured here, not assumed).
+"""How far apart the PSNR / SSIM / NIQE conventions are, measured (the figures of docs/evaluation.md).
 
-The images: the demo set's eight source photographs (scikit-image, no download), each as it is and through
-the six demo degradations (ggt_ir/data/demo.py) and three light noise levels (sigma 0.002, 0.005, 0.01,
-which give PSNRs of 40-55 dB, where the pyiqa convention's ``+1e-8`` counts), then quantised to uint8.
+Scores the same images with
 
-* PSNR / SSIM: ggt-ir's ``convention: pyiqa`` vs ``convention: basicsr`` (ggt_ir/eval/psnr_ssim.py; each
-  matches its reference library within 4e-6, tests/test_eval_metrics.py), Y of YCbCr, no border crop.
-* NIQE: pyiqa's ``niqe`` (Y of YIQ; basicsr's pristine parameters, as ggt-ir uses them when pyiqa's file
-  is absent) and the same with ``color_space='ycbcr'``, vs ``basicsr.metrics.calculate_niqe`` (Y of YCbCr).
+* ggt-ir's ``psnr`` / ``ssim`` (``convention: pyiqa``, the eval default) and pyiqa's own calls with the
+  arguments our variants pass (``create_metric('psnr'|'ssim', test_y_channel=True, color_space='ycbcr')``);
+* ``convention: basicsr`` and ``basicsr.metrics.calculate_psnr/ssim(test_y_channel=True)`` (the trainer's
+  validation);
+* pyiqa's **default** ``psnr`` (RGB) and ``ssim`` (Y of YIQ), which are not what we report;
+* ``niqe`` as ggt-ir scores it (pyiqa's NIQE: Y of YIQ, with basicsr's pristine parameters when pyiqa's
+  file is absent), pyiqa's NIQE with ``color_space='ycbcr'``, and ``basicsr.metrics.calculate_niqe``.
 
-    .venv/bin/python bench/metric_conventions.py
+Three image sets: the demo test split (``ggt_ir.data.demo``, 128 px crops, the LQ inputs scored against
+their GT, as ``ggt-ir eval --restored input`` does) and high-PSNR pairs (scikit-image photographs at
+512x512 with Gaussian noise of decreasing strength, 30-55 dB) for the PSNR gap, which grows with PSNR; and
+scikit-image photographs at their own sizes (clean and degraded) for NIQE.
+
+    .venv/bin/python bench/metric_conventions.py            # prints the figures
 """
 from __future__ import annotations
 
-import os
+import argparse
+import contextlib
+import io
 import sys
+import tempfile
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, degraded uint8 RGB, clean uint8 RGB)."""
-    from ggt_ir.data.demo import DEGRADATIONS, _u8, load_photos
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].float() / 255.0
 
-    rng = np.random.default_rng(0)
+
+def demo_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    from ggt_ir.data.demo import build_demo
+    from ggt_ir.utils.image_io import read_image
+
+    root = build_demo(folder)
     out = []
-    for pname, photo in sorted(load_photos().items()):
-        gt = _u8(photo)
-        out.append((f"{pname}/clean", gt, gt))
-        for cat, fn in DEGRADATIONS.items():
-            out.append((f"{pname}/{cat}", _u8(fn(photo, rng)), gt))
-        for sigma in (0.002, 0.005, 0.01):
-            out.append((f"{pname}/noise{sigma}", _u8(photo + rng.normal(0, sigma, photo.shape)), gt))
+    for gt in sorted(root.glob("test/*/GT/*.png")):
+        lq = gt.parent.parent / "LQ" / gt.name
+        u8 = lambda p: (read_image(p) * 255).round().astype(np.uint8)  # noqa: E731
+        out.append((f"{gt.parent.parent.name}/{gt.stem}", u8(lq), u8(gt)))
     return out
 
 
-def main() -> int:
-    from ggt_ir.eval.psnr_ssim import psnr, ssim
+def high_psnr_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    import cv2
+    import skimage.data
 
-    data = pairs()
-    t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255.0  # noqa: E731
-    rows = []
-    for name, lq, gt in data:
-        if name.endswith("/clean"):
-            continue
-        x, y = t(lq), t(gt)
-        p = {c: float(psnr(x, y, convention=c)) for c in ("pyiqa", "basicsr")}
-        s = {c: float(ssim(x, y, convention=c)) for c in ("pyiqa", "basicsr")}
-        rows.append((name, p, s))
-    dp = np.array([r[1]["basicsr"] - r[1]["pyiqa"] for r in rows])
-    ds = np.array([r[2]["basicsr"] - r[2]["pyiqa"] for r in rows])
-    pb = np.array([r[1]["basicsr"] for r in rows])
-    print(f"PSNR/SSIM, {len(rows)} pairs ({len(data) - len(rows)} photos x 9 degradations), Y of YCbCr:")
-    print(f"  PSNR basicsr - pyiqa: max {dp.max():.2e} dB; below 35 dB max {dp[pb < 35].max():.2e} dB; "
-          f"above 35 dB ({(pb >= 35).sum()} pairs, {pb[pb >= 35].min():.1f}-{pb[pb >= 35].max():.1f} dB) max "
-          f"{dp[pb >= 35].max():.2e} dB")
-    worst = rows[int(np.abs(ds).argmax())]
-    print(f"  SSIM basicsr - pyiqa: max |d| {np.abs(ds).max():.2e} ({worst[0]}: {worst[2]['basicsr']:.4f} vs "
-          f"{worst[2]['pyiqa']:.4f}), mean |d| {np.abs(ds).mean():.2e}, median |d| {np.median(np.abs(ds)):.2e}")
-    for cat in ("general", "rain", "haze", "snow", "low-light", "old-photo"):
-        sel = [i for i, r in enumerate(rows) if r[0].endswith("/" + cat)]
-        print(f"    {cat:<10} max |d SSIM| {np.abs(ds[sel]).max():.2e}")
+    rng = np.random.default_rng(0)
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        gt = cv2.resize(getattr(skimage.data, name)()[..., :3], (512, 512), interpolation=cv2.INTER_AREA)
+        for sigma in (8.0, 4.0, 2.0, 1.0, 0.6, 0.4):
+            lq = np.clip(gt + rng.normal(0, sigma, gt.shape), 0, 255).round().astype(np.uint8)
+            out.append((f"{name}-sigma{sigma}", lq, gt))
+    return out
+
+
+def niqe_images() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """scikit-image photographs at their own sizes, clean and degraded (JPEG q30 / blur / noise): NIQE needs
+    images of several 96x96 blocks (basicsr's fails on the 128 px demo crops: one block, no covariance)."""
+    import skimage.data
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(0)
+    out = []
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        gt = np.ascontiguousarray(getattr(skimage.data, name)()[..., :3])
+        b = io.BytesIO()
+        Image.fromarray(gt).save(b, "JPEG", quality=30)
+        variants = {"clean": gt, "jpeg": np.array(Image.open(b).convert("RGB")),
+                    "blur": np.array(Image.fromarray(gt).filter(ImageFilter.GaussianBlur(2))),
+                    "noise": np.clip(gt + rng.normal(0, 10, gt.shape), 0, 255).round().astype(np.uint8)}
+        out += [(f"{name}-{k}", v, gt) for k, v in variants.items()]
+    return out
+
+
+def scores(pairs, niqe: bool) -> dict[str, np.ndarray]:
+    import pyiqa
 
     from ggt_ir._compat import patch_basicsr_imports
+    from ggt_ir.eval.metrics import MetricSuite, _niqe_params_from_basicsr
 
-    patch_basicsr_imports()  # basicsr 1.4.2 with current torchvision
-    import pyiqa
-    from basicsr.metrics import calculate_niqe
+    patch_basicsr_imports()
+    from basicsr.metrics import calculate_niqe, calculate_psnr, calculate_ssim
 
-    from ggt_ir.eval.metrics import _niqe_params_from_basicsr
-    params = _niqe_params_from_basicsr()
-    niqe_yiq = pyiqa.create_metric("niqe", device="cpu", pretrained_model_path=params)
-    niqe_ycc = pyiqa.create_metric("niqe", device="cpu", pretrained_model_path=params, color_space="ycbcr")
-    d_yiq, d_ycc = [], []
-    for name, lq, _ in data:
-        b = float(calculate_niqe(lq[..., ::-1].astype(np.float64), 0, input_order="HWC", convert_to="y"))
-        x = t(lq).float()
-        d_yiq.append(abs(float(niqe_yiq(x)) - b))
-        d_ycc.append(abs(float(niqe_ycc(x)) - b))
-    d_yiq, d_ycc = np.array(d_yiq), np.array(d_ycc)
-    print(f"NIQE vs basicsr.calculate_niqe, {len(data)} images:")
-    print(f"  pyiqa niqe (Y of YIQ, ggt-ir's default): max |d| {d_yiq.max():.3f}, mean {d_yiq.mean():.3f}")
-    print(f"  pyiqa niqe, color_space='ycbcr':         max |d| {d_ycc.max():.3f}, mean {d_ycc.mean():.3f}")
+    ours = MetricSuite({"psnr": {}, "ssim": {}, "psnr_b": {"type": "psnr", "convention": "basicsr"},
+                        "ssim_b": {"type": "ssim", "convention": "basicsr"}}, log=lambda *_: None)
+    piq = {"psnr_y": pyiqa.create_metric("psnr", test_y_channel=True, color_space="ycbcr", device="cpu"),
+           "ssim_y": pyiqa.create_metric("ssim", test_y_channel=True, color_space="ycbcr", device="cpu"),
+           "psnr_default": pyiqa.create_metric("psnr", device="cpu"),
+           "ssim_default": pyiqa.create_metric("ssim", device="cpu")}
+    if niqe:
+        params = _niqe_params_from_basicsr()
+        with contextlib.redirect_stdout(io.StringIO()):
+            piq["niqe_yiq"] = pyiqa.create_metric("niqe", device="cpu", pretrained_model_path=params)
+            piq["niqe_ycbcr"] = pyiqa.create_metric("niqe", device="cpu", color_space="ycbcr",
+                                                    pretrained_model_path=params)
+        ours_niqe = MetricSuite(["niqe"], log=lambda *_: None)
+    out: dict[str, list] = {}
+    for name, lq, gt in pairs:
+        p, g = _t(lq), _t(gt)
+        s = ours.score(p, g, [name])
+        row = {k: v[0] for k, v in s.items()}
+        for k, m in piq.items():
+            row[k] = float(m(p, g).item()) if not k.startswith("niqe") else float(m(p).item())
+        bl, bg = lq[..., ::-1], gt[..., ::-1]
+        row["basicsr_psnr"] = calculate_psnr(bl, bg, 0, test_y_channel=True)
+        row["basicsr_ssim"] = calculate_ssim(bl, bg, 0, test_y_channel=True)
+        if niqe:
+            row["niqe"] = ours_niqe.score(p, None, [name])["niqe"][0]
+            row["basicsr_niqe"] = float(calculate_niqe(bl, 0, input_order="HWC", convert_to="y"))
+        for k, v in row.items():
+            out.setdefault(k, []).append(v)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
+
+
+def gap(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
+    """(|mean a - mean b|, max per-image |a - b|, index of that image)."""
+    d = np.abs(a - b)
+    return float(abs(a.mean() - b.mean())), float(d.max()), int(d.argmax())
+
+
+def main(argv=None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = demo_pairs(Path(tmp))
+        d = scores(demo, niqe=False)
+    names = [n for n, _, _ in demo]
+    print(f"== demo test split: {len(demo)} LQ inputs vs their GT (128x128), mean psnr {d['psnr'].mean():.2f} dB")
+    print("| comparison | |mean gap| | max per-image gap | worst image |")
+    print("| --- | ---: | ---: | --- |")
+    for label, a, b in [
+        ("ssim: ours (pyiqa convention) vs pyiqa ssim(test_y_channel=True, color_space='ycbcr')", "ssim", "ssim_y"),
+        ("ssim: ours (pyiqa convention) vs basicsr calculate_ssim(test_y_channel=True)", "ssim", "basicsr_ssim"),
+        ("ssim: convention basicsr vs basicsr calculate_ssim", "ssim_b", "basicsr_ssim"),
+        ("ssim: ours vs pyiqa's default ssim (Y of YIQ)", "ssim", "ssim_default"),
+        ("psnr: ours (pyiqa convention) vs pyiqa psnr(test_y_channel=True, color_space='ycbcr')", "psnr", "psnr_y"),
+        ("psnr: ours (pyiqa convention) vs basicsr calculate_psnr(test_y_channel=True)", "psnr", "basicsr_psnr"),
+        ("psnr: ours (Y) vs pyiqa's default psnr (RGB)", "psnr", "psnr_default"),
+    ]:
+        m, x, i = gap(d[a], d[b])
+        print(f"| {label} | {m:.2e} | {x:.2e} | {names[i]} ({d[a][i]:.4f} vs {d[b][i]:.4f}) |")
+    print(f"means: ssim ours {d['ssim'].mean():.4f}, basicsr {d['basicsr_ssim'].mean():.4f}, pyiqa default "
+          f"{d['ssim_default'].mean():.4f}; psnr ours {d['psnr'].mean():.4f}, basicsr {d['basicsr_psnr'].mean():.4f}")
+
+    ni = niqe_images()
+    n = scores(ni, niqe=True)
+    names = [x for x, _, _ in ni]
+    print(f"\n== NIQE: {len(ni)} scikit-image photographs (astronaut 512x512, coffee 400x600, chelsea 300x451, "
+          "rocket 427x640; clean, JPEG q30, blur, noise)")
+    print("| comparison | |mean gap| | max per-image gap | worst image |")
+    print("| --- | ---: | ---: | --- |")
+    for label, a, b in [
+        ("niqe: ours vs pyiqa niqe (same parameters)", "niqe", "niqe_yiq"),
+        ("niqe: ours (pyiqa, Y of YIQ) vs basicsr calculate_niqe(convert_to='y')", "niqe", "basicsr_niqe"),
+        ("niqe: pyiqa niqe(color_space='ycbcr') vs basicsr calculate_niqe", "niqe_ycbcr", "basicsr_niqe"),
+    ]:
+        m, x, i = gap(n[a], n[b])
+        print(f"| {label} | {m:.2e} | {x:.2e} | {names[i]} ({n[a][i]:.4f} vs {n[b][i]:.4f}) |")
+    print(f"means: niqe ours {n['niqe'].mean():.4f}, basicsr {n['basicsr_niqe'].mean():.4f}, pyiqa ycbcr "
+          f"{n['niqe_ycbcr'].mean():.4f}")
+
+    hp = high_psnr_pairs()
+    h = scores(hp, niqe=False)
+    print(f"\n== PSNR gap by PSNR band: {len(hp)} noisy 512x512 photographs")
+    print("| band (dB, basicsr) | images | max |ours - basicsr| dB | max |ours - pyiqa| dB |")
+    print("| --- | ---: | ---: | ---: |")
+    for lo, hi in ((30, 35), (35, 40), (40, 45), (45, 50), (50, 60)):
+        sel = (h["basicsr_psnr"] >= lo) & (h["basicsr_psnr"] < hi)
+        if sel.any():
+            print(f"| {lo}-{hi} | {int(sel.sum())} | {np.abs(h['psnr'] - h['basicsr_psnr'])[sel].max():.2e} | "
+                  f"{np.abs(h['psnr'] - h['psnr_y'])[sel].max():.2e} |")
+    print(f"ssim on the same pairs: max |ours - basicsr| {np.abs(h['ssim'] - h['basicsr_ssim']).max():.2e}, "
+          f"max |ours - pyiqa ycbcr| {np.abs(h['ssim'] - h['ssim_y']).max():.2e}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -262,3 +262,45 @@ def test_sampler_networks_are_seeded_per_image_and_record_tiling():
     assert not torch.equal(both[0], both[1])
     assert r.info["stochastic"] and r.info["seeding"]["base_seed"] == 5
     assert {"tile", "tile_overlap", "self_ensemble"} <= set(r.info)
+
+
+def test_reference_cache_follows_the_gt_files_not_their_names(weights, demo_root, tmp_path):
+    """The cache is keyed by each GT file's sha256: rewriting one GT image (same name, new pixels) recomputes
+    exactly that image's GT side, and a truncated cache entry is decoded again; the scores always equal an
+    evaluation without the cache."""
+    from ggt_ir.eval.loop import run_evaluation
+    from ggt_ir.eval.options import load_eval_options
+    from ggt_ir.utils.image_io import read_image, save_png, tensor_to_uint8, to_tensor
+
+    data, restored = tmp_path / "data", tmp_path / "dark"
+    shutil.copytree(demo_root, data)
+    for gt in sorted(data.glob("test/*/GT/*.png")):  # a restored folder (GT images are decoded from the cache)
+        save_png(tensor_to_uint8(to_tensor(read_image(gt)) * 0.8), restored / gt.name)
+
+    def evaluate(name: str, **extra) -> dict:
+        opt = {"name": name, "results_root": str(tmp_path / "results"), "restored": str(restored),
+               "datasets": {"test": {"type": "PairedFolder", "dataroot": str(data), "split": "test"}},
+               "metrics": ["psnr", "lpips"],
+               "eval": {"batch_size": 4, "num_grid": 0, "pbar": False, "weights_dir": str(weights), "strict": True,
+                        "cache_dir": str(tmp_path / "cache"), **extra}}
+        p = tmp_path / f"{name}.yml"
+        p.write_text(yaml.safe_dump(opt))
+        return run_evaluation(load_eval_options(p))
+
+    first = evaluate("a")
+    assert first["cache"]["gt_misses"] == 6 and first["cache"]["feature_misses"] == 6
+    gt = sorted(data.glob("test/*/GT/*.png"))[0]
+    save_png(tensor_to_uint8(to_tensor(read_image(gt)) * 0.5), gt)  # same path, other content
+    second = evaluate("b")
+    assert (second["cache"]["gt_misses"], second["cache"]["gt_hits"]) == (1, 5)
+    assert (second["cache"]["feature_misses"], second["cache"]["feature_hits"]) == (1, 5)
+    plain = evaluate("b_plain", cache=False)
+    assert plain["cache"] is None
+    for k in ("psnr", "lpips"):
+        assert second["sets"]["test"]["means"][k] == pytest.approx(plain["sets"]["test"]["means"][k], rel=1e-6)
+        assert second["sets"]["test"]["means"][k] != pytest.approx(first["sets"]["test"]["means"][k], rel=1e-6)
+    entry = tmp_path / "cache" / "gt" / f"{sha256_file(gt)}.npy"
+    entry.write_bytes(entry.read_bytes()[:40])  # a truncated entry, as a killed writer without atomic_write leaves
+    third = evaluate("c")
+    assert third["cache"]["gt_misses"] == 1 and third["cache"]["gt_hits"] == 5
+    assert third["sets"]["test"]["means"]["psnr"] == pytest.approx(plain["sets"]["test"]["means"]["psnr"], rel=1e-6)

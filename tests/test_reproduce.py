@@ -193,6 +193,17 @@ def test_eval_cells_are_redone_when_options_data_or_protocol_change(tmp_path, de
     assert c.status == "todo" and "eval options changed" in c.reason
 
 
+
+def test_shipped_tables_plan(monkeypatch, capsys):
+    """The table files of docs/reproduce.md load and plan from the repository root (their paths are relative)."""
+    monkeypatch.chdir(ROOT)
+    assert reproduce_main(["-opt", "options/tables/demo.yml", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 training(s), 3 evaluation(s)" in out and "train:swinir_demo_ggt100k" in out
+    assert "--cpu" in out and "--resume latest" in out
+    assert reproduce_main(["-opt", "options/tables/generalization.yml", "--dry-run"]) == 0
+    assert "9 training(s), 9 evaluation(s)" in capsys.readouterr().out
+
 # --------------------------------------------------------------------------- end to end
 def _reproduce(table: Path, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -203,39 +214,44 @@ def _reproduce(table: Path, **kw) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_demo_table_end_to_end_with_a_sigkill(tmp_path, demo_root, weights):
-    """Two tiny models x two arms (+ a zero-shot row) on the demo data, trained with `accelerate launch` on the
-    CPU: once straight through, and once SIGKILLed (the whole process group, as a scheduler does) in the
-    middle of the third training, then started again. Both end with the same table; the killed training
-    resumed from its checkpoint, and nothing finished before the kill ran again."""
-    straight = write_demo_table(tmp_path / "a", demo_root, weights)
+    """One tiny model x two arms on the demo data (2 rows, 1 eval set), trained with `accelerate launch` on the
+    CPU: once straight through, and once SIGKILLed (the whole process group, as a scheduler does) in the middle
+    of the second training, then started again. Both end with the same table; the killed training resumed
+    from its checkpoint (`--resume latest`), and the row finished before the kill was neither retrained nor
+    scored again."""
+    small = dict(models=("SwinIR",), zero_shot=False)
+    straight = write_demo_table(tmp_path / "a", demo_root, weights, **small)
     p = _reproduce(straight)
-    out = p.communicate(timeout=1500)[0]
+    out = p.communicate(timeout=900)[0]
     assert p.returncode == 0, out[-4000:]
 
-    killed = write_demo_table(tmp_path / "b", demo_root, weights)
-    exp = tmp_path / "b" / "exp"
+    killed = write_demo_table(tmp_path / "b", demo_root, weights, **small)
+    exp, results = tmp_path / "b" / "exp", tmp_path / "b" / "results"
     p = _reproduce(killed, start_new_session=True)
-    deadline = time.time() + 1200
-    while not (exp / "nafnet_existing" / "checkpoints" / "checkpoint-3").is_dir():
+    deadline = time.time() + 900
+    while not (exp / "swinir_ggt100k" / "checkpoints" / "checkpoint-3").is_dir():
         assert p.poll() is None and time.time() < deadline, "reproduce ended before the kill"
         time.sleep(0.05)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
-    assert not (exp / "nafnet_existing" / "results.json").exists()  # killed in the middle of that training
-    assert not (exp / "nafnet_ggt100k").exists()
+    assert not (exp / "swinir_ggt100k" / "results.json").exists()  # killed in the middle of that training
+    assert not (tmp_path / "b" / "tables" / "demo.md").exists()  # the table is written last
+    first_summary = results / "swinir_existing" / "summary.json"
+    scored_at = first_summary.stat().st_mtime_ns
     p = _reproduce(killed)
-    out = p.communicate(timeout=1500)[0]
+    out = p.communicate(timeout=900)[0]
     assert p.returncode == 0, out[-4000:]
-    assert "train:swinir_existing: done" in out and "eval:swinir_ggt100k: done" in out
-    assert "train:nafnet_existing resumes at iteration 3" in out
-    log = "".join(f.read_text() for f in (exp / "nafnet_existing").glob("train_*.log"))
+    assert "train:swinir_existing: done" in out and "eval:swinir_existing: done" in out
+    assert "train:swinir_ggt100k resumes at iteration 3" in out
+    log = "".join(f.read_text() for f in (exp / "swinir_ggt100k").glob("train_*.log"))
     assert "resumed from" in log and "checkpoint-3" in log
     assert len((exp / "swinir_existing" / "commands.txt").read_text().splitlines()) == 1  # never retrained
+    assert first_summary.stat().st_mtime_ns == scored_at  # never scored again
     for ext in ("md", "csv", "tex"):
         a = (tmp_path / "a" / "tables" / f"demo.{ext}").read_text()
         b = (tmp_path / "b" / "tables" / f"demo.{ext}").read_text()
         assert a == b, ext
     md = (tmp_path / "b" / "tables" / "demo.md").read_text()
-    assert "| SwinIR | Δ (GGT-100K − Existing) |" in md and "| LQ input | zero-shot |" in md
-    summary = json.loads((tmp_path / "b" / "results" / "nafnet_existing" / "summary.json").read_text())
+    assert "| SwinIR | Δ (GGT-100K − Existing) |" in md
+    summary = json.loads((results / "swinir_ggt100k" / "summary.json").read_text())
     assert summary["protocol"]["metrics"]["lpips"]["weights"] and summary["cell"]["weights_sha256"]
