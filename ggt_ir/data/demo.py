@@ -127,7 +127,7 @@ def build_demo(out: str | Path, size: int = 128, train_per_category: int = 8, te
     root = Path(out) / "GGT-demo"
     marker = root / "demo.json"
     recipe = {"size": size, "train_per_category": train_per_category, "test_per_category": test_per_category,
-              "val_per_category": val_per_category, "seed": seed, "version": 3}
+              "val_per_category": val_per_category, "seed": seed, "version": 4}
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return root  # already built with the same recipe
     photos = load_photos()
