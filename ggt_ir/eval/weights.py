@@ -89,7 +89,8 @@ _VITL14 = _clip("ViT-L-14.pt", "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c
 _RES50 = _timm("timm/resnet50.a1_in1k")
 _VITB8 = _timm("timm/vit_base_patch8_224.augreg2_in21k_ft_in1k")
 
-# What the metrics of pyiqa 0.1.16 load (traced by running them; URLs and hashes read from pyiqa's arch files). Used by `ggt-ir weights`, and to list every missing file at
+# What the metrics of pyiqa 0.1.16 load (traced by running them; URLs and hashes read from pyiqa's arch
+# files). Used by `ggt-ir weights`, and to list every missing file at
 # once; a metric not listed here is still guarded (its first missing file is reported when it is created).
 KNOWN_WEIGHTS: dict[str, list[WeightFile]] = {
     "lpips": [_tv("alexnet-owt-7be5be79.pth"), _pyiqa("LPIPS_v0.1_alex-df73285e.pth")],
