@@ -204,3 +204,15 @@ def test_ms_ssim_loss_matches_pyiqa():
     with pytest.raises(ValueError, match="at least 161 px"):
         MSSSIMLoss()(x[..., :128, :128], y[..., :128, :128])
     assert MSSSIMLoss(weights=[0.0448, 0.2856, 0.3001])(x[..., :64, :64], y[..., :64, :64]).item() > 0
+
+
+def test_ms_ssim_loss_is_finite_for_predictions_outside_the_image_range():
+    """An untrained network's output can be negative: a negative luminance term to a fractional power was NaN
+    (a demo run with MSSSIMLoss stopped at iteration 4 with l_msssim=nan)."""
+    from ggt_ir.losses.ssim import MSSSIMLoss
+
+    torch.manual_seed(0)
+    p = (-torch.rand(2, 3, 64, 64)).requires_grad_()
+    loss = MSSSIMLoss(weights=[0.3, 0.3, 0.4], win_size=7)(p, torch.rand(2, 3, 64, 64))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(p.grad).all()

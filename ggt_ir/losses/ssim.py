@@ -25,6 +25,9 @@ def _window(size: int, sigma: float, channels: int, device) -> torch.Tensor:
     return (w / w.sum()).expand(channels, 1, size, size)
 
 
+_FLOOR = 1e-6  # keeps x ** w (w < 1) and its gradient finite
+
+
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, weights=MS_SSIM_WEIGHTS, data_range: float = 1.0,
             win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Per-image MS-SSIM (B,) of (B, C, H, W) images (channels filtered separately)."""
@@ -45,11 +48,13 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, weights=MS_SSIM_WEIGHTS, data_rang
         sxy = F.conv2d(x * y, win, groups=c) - mu_x * mu_y
         cs_map = F.relu((2 * sxy + c2) / (sxx + syy + c2))
         if i < len(weights) - 1:
-            out = out * cs_map.mean((1, 2, 3)) ** w[i]
+            out = out * cs_map.mean((1, 2, 3)).clamp_min(_FLOOR) ** w[i]
             pad = (x.shape[2] % 2, x.shape[3] % 2)
             x, y = F.avg_pool2d(x, 2, padding=pad), F.avg_pool2d(y, 2, padding=pad)
         else:
-            ssim = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map).mean((1, 2, 3))
+            # a prediction outside [0, 1] (an untrained network) can make the luminance term negative, and a
+            # negative base to a fractional power is NaN: floored, as the relu'd contrast terms
+            ssim = ((2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1) * cs_map).mean((1, 2, 3)).clamp_min(_FLOOR)
             out = out * ssim ** w[i]
     return out
 
