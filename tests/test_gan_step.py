@@ -216,3 +216,42 @@ def test_two_process_gan_training(demo_root, tmp_path):
     run = tmp_path / "exp" / "gan2p"
     g, d = _weights_of(run, 2)
     assert g and d and json.loads((run / "results.json").read_text())["iter"] == 2
+
+
+def test_gan_recipes_load():
+    """Every recipe of options/train/GAN type-checks (the bases are include-only); stage 2 of each family is
+    model_type gan with a discriminator and starts from its stage-1 export; the x4 form is scale 4."""
+    from helpers import ROOT
+
+    from ggt_ir.train.options import load_options
+
+    files = sorted((ROOT / "options" / "train" / "GAN").glob("*.yml"))
+    names = {f.stem for f in files}
+    for family in ("realesrnet", "realesrgan", "swinir_gan", "nafnet_gan"):
+        assert {f"{family}_{v}" for v in ("base", "ggt100k", "synthetic", "existing")} <= names
+    assert {"realesrnet_x4plus", "realesrgan_x4plus"} <= names
+    for f in files:
+        if f.stem.endswith("_base"):
+            continue
+        opt = load_options(f, check_paths=False)
+        assert opt.name == f.stem
+        if f.stem.startswith("realesrnet"):
+            assert opt.model_type == "regression"
+            continue
+        assert opt.model_type == "gan" and opt.network_d["type"] == "UNetDiscriminatorSN"
+        assert opt.path.pretrain_network_g and opt.train.gan_opt.loss_weight == pytest.approx(0.1)
+        assert (opt.train.degradation is not None) == f.stem.endswith(("_synthetic", "_x4plus"))
+    x4 = load_options(ROOT / "options" / "train" / "GAN" / "realesrgan_x4plus.yml", check_paths=False)
+    assert x4.scale == 4 and x4.network_g["scale"] == 4 and x4.train.degradation.scale == 4
+
+
+def test_all_synthetic_degradation_ignores_the_loaders_lq(demo_root, tmp_path):
+    """synthetic_prob 1 (the x4plus recipe's HQ-only path): every LQ is made on the device, whatever the loader's
+    LQ is; the same seed per iteration gives the same LQ."""
+    step = build_step(demo_root, tmp_path, None, degradation={"synthetic_prob": 1.0, "blur_kernel_size": 7})
+    batch = {"lq": torch.zeros(2, 3, 8, 8), "gt": torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))}
+    a = step._prepare_batch(batch, it=5)
+    step._micro = (0, 0)
+    b = step._prepare_batch(batch, it=5)
+    assert a["lq"].shape == (2, 3, 16, 16) and bool(a["synthetic"].all()) and torch.equal(a["lq"], b["lq"])
+    assert torch.isfinite(step.train_step(batch, it=6)["l_d_real"])

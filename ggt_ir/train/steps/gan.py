@@ -178,6 +178,8 @@ class GANStep(Step):
             return batch
         micro = self._micro[1] + 1 if self._micro[0] == it else 0
         self._micro = (it, micro)
+        if self.degradation.opts.synthetic_prob >= 1:  # every LQ is made here: the loader's (any size) is unused
+            batch = {k: v for k, v in batch.items() if k != "lq"}
         return self.degradation(batch, seed=_seed(self.opt.manual_seed, it, micro, self.acc.process_index))
 
     def train_step(self, batch: dict, it: int) -> dict:
