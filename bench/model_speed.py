@@ -306,6 +306,7 @@ def _random_vgg19(path: Path) -> Path:
     import torchvision.models as tvm
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
     torch.save(tvm.vgg19(weights=None).state_dict(), path)
     return path
 
