@@ -2,7 +2,7 @@
 LQ input, the HQ image, the regression demo model and the GAN demo model; saves LQ | GAN | HQ and
 LQ | regression | GAN | HQ panels of the first test image under experiments/gan_demo/.
 
-    python train.py -opt options/demo/swinir_demo.yml && python train.py -opt options/demo/gan_demo.yml
+    python train.py -opt options/demo/gan_demo_stage1.yml && python train.py -opt options/demo/gan_demo.yml
     python bench/gan_demo_nr.py
 """
 import json
@@ -18,7 +18,7 @@ from ggt_ir.utils.image_io import save_png, side_by_side
 opts = DATASETS.check({"type": "PairedFolder", "dataroot": "datasets/demo/GGT-demo", "split": "test"}, "x", "test")
 ds = PairedFolderDataset(opts)
 piqe = pyiqa.create_metric("piqe", device="cpu")
-runs = {"regression": load_restorer("experiments/swinir_demo"), "gan": load_restorer("experiments/gan_demo")}
+runs = {"regression": load_restorer("experiments/gan_demo_stage1"), "gan": load_restorer("experiments/gan_demo")}
 scores = {"lq": [], "hq": [], **{k: [] for k in runs}}
 panels = []
 for i in range(len(ds)):

@@ -244,7 +244,7 @@ def test_gan_recipes_load():
     x4 = load_options(ROOT / "options" / "train" / "GAN" / "realesrgan_x4plus.yml", check_paths=False)
     assert x4.scale == 4 and x4.network_g["scale"] == 4 and x4.train.degradation.scale == 4
     demo = load_options(ROOT / "options" / "demo" / "gan_demo.yml", check_paths=False)
-    assert demo.model_type == "gan" and demo.path.pretrain_network_g.startswith("experiments/swinir_demo/")
+    assert demo.model_type == "gan" and demo.path.pretrain_network_g.startswith("experiments/gan_demo_stage1/")
 
 
 def test_all_synthetic_degradation_ignores_the_loaders_lq(demo_root, tmp_path):
