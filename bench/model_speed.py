@@ -18,6 +18,8 @@ References: SwinIR -> basicsr 1.4.2, Restormer -> spandrel-extra-arches 0.2.0, N
 
     python bench/model_speed.py                        # CPU defaults: small sizes, a few minutes
     python bench/model_speed.py --device cuda --bf16              # recipe crops x 8, 1024² inference
+    python bench/model_speed.py --gan --iters 3        # GAN step (RRDBNet + U-Net D + VGG) vs BasicSR's
+                                                       # RealESRGANModel, batch 4 of 128² crops, same weights
 """
 from __future__ import annotations
 
@@ -295,6 +297,138 @@ def table(rows, args, device) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ GAN step
+GAN_LAYERS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+
+
+def _random_vgg19(path: Path) -> Path:
+    """torchvision's vgg19 layout with random weights (random weights: the step's cost, not its values)."""
+    import torchvision.models as tvm
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(tvm.vgg19(weights=None).state_dict(), path)
+    return path
+
+
+def gan_steps(args, device, tmp: Path):
+    """(ours, basicsr) callables doing one GAN training iteration each: RRDBNet (23 blocks, scale 1) + U-Net
+    discriminator (spectral norm) + L1 + VGG19 perceptual + vanilla GAN, Real-ESRGAN's settings, on the same
+    random weights and the same batch (``--gan-batch`` crops of ``--gan-size``²)."""
+    import logging
+
+    import yaml
+    from accelerate import Accelerator
+
+    from ggt_ir._compat import patch_basicsr_imports
+
+    patch_basicsr_imports()
+    import basicsr.archs.vgg_arch as vgg_arch
+    from basicsr.models.realesrgan_model import RealESRGANModel
+
+    vgg = _random_vgg19(tmp / "checkpoints" / "vgg19-dcbb9e9d.pth")
+    vgg_arch.VGG_PRETRAIN_PATH = str(vgg)  # basicsr reads its VGG from there (else it downloads)
+    adam = {"type": "Adam", "lr": 1e-4, "weight_decay": 0, "betas": [0.9, 0.99]}
+    train = {"ema_decay": 0.999, "optim_g": dict(adam), "optim_d": dict(adam), "total_iter": 400000,
+             "scheduler": {"type": "MultiStepLR", "milestones": [400000], "gamma": 0.5},
+             "pixel_opt": {"type": "L1Loss", "loss_weight": 1.0},
+             "gan_opt": {"type": "GANLoss", "gan_type": "vanilla", "real_label_val": 1.0, "fake_label_val": 0.0,
+                         "loss_weight": 0.1},
+             "net_d_iters": 1, "net_d_init_iters": 0}
+    percep = {"type": "PerceptualLoss", "layer_weights": GAN_LAYERS, "vgg_type": "vgg19", "use_input_norm": True,
+              "perceptual_weight": 1.0, "style_weight": 0.0, "range_norm": False, "criterion": "l1"}
+    net_d = {"type": "UNetDiscriminatorSN", "num_in_ch": 3, "num_feat": 64, "skip_connection": True}
+    ref_opt = {"is_train": True, "dist": False, "num_gpu": 0 if device.type == "cpu" else 1, "scale": 1,
+               "model_type": "RealESRGANModel", "high_order_degradation": False, "queue_size": 180,
+               "l1_gt_usm": True, "percep_gt_usm": True, "gan_gt_usm": False,
+               "network_g": {"type": "RRDBNet", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23,
+                             "num_grow_ch": 32, "scale": 1},
+               "network_d": dict(net_d),
+               "path": {"pretrain_network_g": None, "pretrain_network_d": None, "strict_load_g": True,
+                        "resume_state": None},
+               "train": {**train, "warmup_iter": -1, "perceptual_opt": dict(percep)}}
+    cuda = torch.nn.Module.cuda
+    if device.type == "cpu":  # RealESRGANModel puts its DiffJPEG / USMSharp on .cuda() unconditionally
+        torch.nn.Module.cuda = lambda self, *a, **k: self
+    try:
+        torch.manual_seed(0)
+        ref = RealESRGANModel(ref_opt)
+    finally:
+        torch.nn.Module.cuda = cuda
+    g_file, d_file = tmp / "net_g.pth", tmp / "net_d.pth"
+    torch.save({"params": ref.net_g.state_dict()}, g_file)  # basicsr's new-arch keys: spandrel converts them
+    torch.save({"params": ref.net_d.state_dict()}, d_file)
+    ours_opt = {"name": "bench_gan", "model_type": "gan", "scale": 1,
+                "datasets": {"train": {"type": "PairedFolder", "dataroot": str(tmp / "unused")}},
+                "network_g": {"type": "Spandrel", "arch": "RRDBNet", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 64,
+                              "num_block": 23, "scale": 1},
+                "network_d": dict(net_d),
+                "path": {"pretrain_network_g": str(g_file), "pretrain_network_d": str(d_file),
+                         "experiments_root": str(tmp / "exp")},
+                "train": {**train, "losses": [{**percep, "weights_dir": str(tmp)}], "l1_gt_usm": True,
+                          "percep_gt_usm": True, "mixed_precision": "bf16" if args.bf16 else "no"},
+                "logger": {"trackers": []}}
+    (tmp / "gan.yml").write_text(yaml.safe_dump(ours_opt))
+    from ggt_ir.train.options import load_options
+    from ggt_ir.train.steps.gan import GANStep
+
+    acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if args.bf16 else "no")
+    ours = GANStep(load_options(tmp / "gan.yml", check_paths=False), acc, logging.getLogger("bench"))
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(args.gan_batch, 3, args.gan_size, args.gan_size, generator=g)
+    lq = (gt + 0.05 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    batch = {"lq": lq.to(device), "gt": gt.to(device)}
+    it = {"ours": 0, "ref": 0}
+
+    def run_ours():
+        it["ours"] += 1
+        return {k: float(v) for k, v in ours.train_step(batch, it["ours"]).items()}
+
+    def run_ref():
+        it["ref"] += 1
+        ref.feed_data({"lq": batch["lq"], "gt": batch["gt"]})
+        ref.optimize_parameters(it["ref"])
+        return {k: float(v) for k, v in ref.log_dict.items()}
+
+    return run_ours, run_ref
+
+
+def measure_gan(args, device) -> list[dict]:
+    """Ours vs BasicSR's RealESRGANModel, alternated (AB BA ...), best run of each kept."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run_ours, run_ref = gan_steps(args, device, Path(tmp))
+        for i in range(args.warmup):
+            a, b = run_ours(), run_ref()
+            if i == 0:  # same weights, same batch: the first iteration's losses agree
+                print("first iteration losses, ours:", {k: round(v, 5) for k, v in a.items()}, flush=True)
+                print("first iteration losses, basicsr:", {k: round(v, 5) for k, v in b.items()}, flush=True)
+        times = {"ours": [], "ref": []}
+        for i in range(args.iters):
+            order = (("ours", run_ours), ("ref", run_ref)) if i % 2 == 0 else (("ref", run_ref), ("ours", run_ours))
+            for name, fn in order:
+                times[name].append(timed(fn, device))
+    best = {k: min(v) for k, v in times.items()}
+    row = {"model": "GAN step (RRDBNet + UNetDiscriminatorSN + VGG19 + L1)", "mode": "train",
+           "size": f"{args.gan_batch}x{args.gan_size}²", "ours_s": best["ours"], "ref_s": best["ref"],
+           "median_ours_s": statistics.median(times["ours"]), "median_ref_s": statistics.median(times["ref"]),
+           "ratio": best["ref"] / best["ours"], "iters": args.iters}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def gan_table(rows, args, device) -> str:
+    prec = "bf16 autocast" if args.bf16 else "fp32"
+    lines = [f"{hardware(device)}, {prec}, best of {args.iters} timed iterations after {args.warmup} warm-up", "",
+             "| step | batch | ours s/it (median) | BasicSR RealESRGANModel s/it (median) | ours / BasicSR speed |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['size']} | {r['ours_s']:.3f} ({r['median_ours_s']:.3f}) | "
+                     f"{r['ref_s']:.3f} ({r['median_ref_s']:.3f}) | {r['ratio']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="SwinIR,Restormer,NAFNet,PromptIR")
@@ -310,6 +444,9 @@ def main(argv=None) -> int:
     p.add_argument("--promptir-ref", default=None, help="path to the official PromptIR net/model.py")
     p.add_argument("--json", default=None, help="also write the rows here")
     p.add_argument("--mdta", action="store_true", help="only time Restormer's channel attention three ways")
+    p.add_argument("--gan", action="store_true", help="only the GAN training step vs BasicSR's RealESRGANModel")
+    p.add_argument("--gan-batch", type=int, default=4)
+    p.add_argument("--gan-size", type=int, default=128)
     p.add_argument("--child-model", help=argparse.SUPPRESS)
     p.add_argument("--child-impl", help=argparse.SUPPRESS)
     p.add_argument("--child-mode", help=argparse.SUPPRESS)
@@ -324,6 +461,13 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     if args.mdta:
         print(mdta_variants(device, max(args.iters, 5)))
+        return 0
+    if args.gan:
+        rows = measure_gan(args, device)
+        print()
+        print(gan_table(rows, args, device))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"hardware": hardware(device), "rows": rows}, indent=1))
         return 0
     rows = []
     for model in args.models.split(","):

@@ -75,18 +75,37 @@ def test_nafnet_file_loads_on_image_folders(tmp_path):
     assert opt.datasets["train"].use_hflip and opt.val.metrics["ssim"].type == "ssim"
 
 
-def test_realesrgan_file_lists_gan_and_missing_parts_in_one_error():
+def test_realesrgan_file_loads_as_a_gan_run(caplog):
+    """Real-ESRGAN's own train_realesrgan_x4plus.yml, as it is: the GAN step, RRDBNet through spandrel, its
+    perceptual loss among train.losses, the USM targets, D and its optimizer; one warning lists the translations."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt = load_options(DATA / "train_realesrgan_x4plus.yml", check_paths=False)
+    assert opt.model_type == "gan"
+    assert opt.network_g["type"] == "Spandrel" and opt.network_g["arch"] == "RRDBNet" and opt.network_g["scale"] == 4
+    assert opt.network_d["type"] == "UNetDiscriminatorSN"
+    assert [lo.type for lo in opt.train.losses] == ["PerceptualLoss"]
+    assert opt.train.losses[0].layer_weights["conv5_4"] == 1.0 and opt.train.gan_opt.loss_weight == pytest.approx(0.1)
+    assert opt.train.l1_gt_usm and opt.train.percep_gt_usm and not opt.train.gan_gt_usm
+    assert opt.train.optim_d.type == "Adam" and opt.train.net_d_iters == 1
+    text = " ".join(str(w.message) for w in caught) + caplog.text
+    assert "model_type RealESRGANModel -> gan" in text and "RRDBNet -> Spandrel" in text
+
+
+def test_gan_keys_without_a_gan_model_are_reported(tmp_path):
+    text = (DATA / "train_realesrgan_x4plus.yml").read_text().replace("model_type: RealESRGANModel",
+                                                                       "model_type: SRModel")
+    path = tmp_path / "not_gan.yml"
+    path.write_text(text)
     with pytest.raises(OptionsError) as e:
-        load_options(DATA / "train_realesrgan_x4plus.yml", check_paths=False)
+        load_options(path, check_paths=False)
     msg = str(e.value)
-    lines = [ln for ln in msg.splitlines() if ln.startswith("  - ")]
-    assert "RealESRGANModel: GAN training is not available" in msg
-    for key in ("network_d", "train.optim_d", "train.gan_opt", "train.perceptual_opt", "train.net_d_iters"):
-        assert key in msg, key
-    assert "l1_gt_usm" in msg and "RRDBNet" in msg  # USM targets and the missing architecture
-    assert len(lines) >= 3 and "problems" in msg.splitlines()[0]
-    # the degradation keys map onto SyntheticDegradation: not reported
-    assert "resize_prob" not in msg and "kernel_list" not in msg and "RealESRGANDataset" not in msg
+    assert "problems" in msg.splitlines()[0]
+    for key in ("train.gan_opt", "train.optim_d", "train.net_d_iters"):
+        assert f"{key}: only model_type: gan trains a discriminator" in msg, key
+    assert "l1_gt_usm" in msg  # the USM target of the regression step is not available
 
 
 def test_realesrnet_degradations_map_onto_synthetic_degradation(tmp_path):

@@ -11,7 +11,7 @@ Weight files: see :mod:`ggt_ir.losses.weights` (``weights_dir`` option, ``$GGT_I
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
@@ -84,14 +84,18 @@ def _gram(x: torch.Tensor) -> torch.Tensor:
     return f.bmm(f.transpose(1, 2)) / (c * h * w)
 
 
+REAL_ESRGAN_LAYERS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+
+
 class PerceptualLoss(nn.Module):
     short_name = "percep"
 
     @dataclass
     class Options:
         type: str = "PerceptualLoss"
-        layer_weights: Dict[str, float] = field(default_factory=lambda: {
-            "conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0})
+        # None = Real-ESRGAN's weights (REAL_ESRGAN_LAYERS); a dict default would be merged with the file's
+        # dict by the option loader, so a file could never drop a layer
+        layer_weights: Optional[Dict[str, float]] = None
         vgg_type: str = "vgg19"
         use_input_norm: bool = True
         range_norm: bool = False  # inputs in [-1, 1]
@@ -107,7 +111,7 @@ class PerceptualLoss(nn.Module):
         super().__init__()
         if criterion not in ("l1", "l2", "fro"):
             raise ValueError(f"PerceptualLoss: criterion {criterion!r} is unknown; use l1, l2 or fro")
-        self.layer_weights = dict(layer_weights if layer_weights is not None else self.Options().layer_weights)
+        self.layer_weights = dict(layer_weights if layer_weights is not None else REAL_ESRGAN_LAYERS)
         if not self.layer_weights:
             raise ValueError("PerceptualLoss: layer_weights is empty; name at least one VGG layer (e.g. conv5_4)")
         self.perceptual_weight, self.style_weight, self.criterion = perceptual_weight, style_weight, criterion

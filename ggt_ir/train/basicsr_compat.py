@@ -29,6 +29,8 @@ MODEL_TYPES = {"SRModel": "regression", "SwinIRModel": "regression", "ImageResto
                "ImageCleanModel": "regression", "RealESRNetModel": "regression"}
 GAN_MODEL_TYPES = ("SRGANModel", "ESRGANModel", "RealESRGANModel", "SwinIRGANModel", "HiFaceGANModel",
                    "StyleGAN2Model", "VideoGANModel", "VideoRecurrentGANModel")
+SPANDREL_ARCHS = ("RRDBNet",)  # BasicSR's arch names spandrel builds with BasicSR's arguments (archs/spandrel_arch.py)
+GAN_TRAINED = ("SRGANModel", "ESRGANModel", "RealESRGANModel")  # -> model_type: gan (ggt_ir/train/steps/gan.py)
 GAN_KEYS = {"network_d": None, "path": ("pretrain_network_d", "param_key_d", "strict_load_d"),
             "train": ("optim_d", "scheduler_d", "gan_opt", "perceptual_opt", "net_d_iters", "net_d_init_iters",
                       "net_d_reg_every", "r1_reg_weight", "path_reg_weight")}
@@ -103,6 +105,7 @@ def translate(raw: dict) -> Translation:
     for phase, block in (r.get("datasets") or {}).items():
         if isinstance(block, dict):
             _dataset(block, f"datasets.{phase}", phase == "train", top_degradation, top_gt_size, t)
+    _spandrel_networks(r, t)
     _path(r, t)
     _train(r, t)
     _val(r, t)
@@ -110,11 +113,30 @@ def translate(raw: dict) -> Translation:
     return t
 
 
+def _spandrel_networks(r: dict, t: Translation) -> None:
+    """BasicSR architectures the zoo builds through spandrel (``network_g: {type: Spandrel, arch: ...}``)."""
+    for key in ("network_g", "network_d"):
+        net = r.get(key)
+        if isinstance(net, dict) and net.get("type") in SPANDREL_ARCHS:
+            arch = net.pop("type")
+            if arch == "RRDBNet" and "scale" not in net and r.get("scale") is not None:
+                net["scale"] = r["scale"]  # BasicSR passes the top-level scale
+            r[key] = {"type": "Spandrel", "arch": arch, **net}
+            t.translated.append(f"{key}.type {arch} -> Spandrel (arch: {arch})")
+
+
 def _model_type(r: dict, t: Translation) -> None:
     mt = r.get("model_type")
     if mt in MODEL_TYPES:
         r["model_type"] = MODEL_TYPES[mt]
         t.translated.append(f"model_type {mt} -> {MODEL_TYPES[mt]}")
+    elif mt in GAN_TRAINED:
+        r["model_type"] = "gan"
+        t.translated.append(f"model_type {mt} -> gan")
+        for k in ("l1_gt_usm", *GAN_TOP_KEYS):  # Real-ESRGAN's USM targets are the GAN step's train options
+            if k in r:
+                r.setdefault("train", {})[k] = bool(r.pop(k))
+                t.translated.append(f"{k} -> train.{k}")
     elif mt in GAN_MODEL_TYPES:
         present = ["network_d"] if "network_d" in r else []
         r.pop("network_d", None)
@@ -266,10 +288,15 @@ def _train(r: dict, t: Translation) -> None:
             s.pop("restart_weights", None)
             s["type"] = "MultiStepLR"
             t.translated.append("train.scheduler.type MultiStepRestartLR -> MultiStepLR")
-    for k in ("perceptual_opt", "gan_opt", "optim_d", "net_d_iters", "net_d_init_iters"):
-        if k in tr:
-            tr.pop(k)
-            t.problems.append(f"train.{k}: GAN/perceptual training is not available in ggt-ir; drop it")
+    p = tr.pop("perceptual_opt", None)
+    if isinstance(p, dict):  # BasicSR's PerceptualLoss options are ours; any step composes train.losses
+        tr["losses"] = [*(tr.get("losses") or []), p]
+        t.translated.append("train.perceptual_opt -> an entry of train.losses")
+    if r.get("model_type") != "gan":
+        for k in ("gan_opt", "optim_d", "net_d_iters", "net_d_init_iters"):
+            if k in tr:
+                tr.pop(k)
+                t.problems.append(f"train.{k}: only model_type: gan trains a discriminator; drop it")
 
 
 def _val(r: dict, t: Translation) -> None:

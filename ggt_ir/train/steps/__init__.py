@@ -9,6 +9,7 @@ from ggt_ir.registry import Registry
 STEPS = Registry("model_type", {
     "regression": "ggt_ir.train.steps.regression:RegressionStep",
     "foundir": "ggt_ir.train.steps.foundir:FoundIRStep",  # residual diffusion (FoundIR)
+    "gan": "ggt_ir.train.steps.gan:GANStep",  # generator + discriminator (Real-ESRGAN, SwinIR-GAN, ...)
     # generative restorers (diffusers + peft): docs/generative.md
     "onestep_sd": "ggt_ir.train.steps.onestep_sd:OneStepSDStep",
     "editor_lora": "ggt_ir.train.steps.editor_lora:EditorLoRAStep",
