@@ -452,16 +452,17 @@ def check_constructor_kwargs(obj, kwargs: dict, src: str, key_path: str) -> None
     problems.raise_if_any()
 
 
+def plain_options(x):
+    """Typed options (dataclasses, nested in dicts and lists) as plain dicts and lists (for YAML, JSON, hashes)."""
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: plain_options(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict):
+        return {k: plain_options(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain_options(v) for v in x]
+    return x
+
+
 def options_to_yaml(opt) -> str:
     """The fully resolved options, as YAML (what a run writes into its folder)."""
-
-    def plain(x):
-        if dataclasses.is_dataclass(x):
-            return {f.name: plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
-
-    return yaml.safe_dump(plain(opt), sort_keys=False)
+    return yaml.safe_dump(plain_options(opt), sort_keys=False)

@@ -70,7 +70,7 @@ def test_option_errors_are_one_line_and_name_the_key(tmp_path, lq_dir):
     cases = [
         (["qc.metrics.tresholds={}"], "unknown option 'qc.metrics.tresholds'. Did you mean 'thresholds'?"),
         (["generators=[{type: FakeEdti}]"], "generators[0].type: unknown synth generator type 'FakeEdti'. Did you mean 'FakeEdit'"),
-        (["generators=[{type: FakeEdit, opz: [x]}]"], "unknown option 'generators[0].opz'. Did you mean 'ops'?"),
+        (["generators=[{type: FakeEdit, opz: [x]}]"], "'generators[0].opz' is not an option of synth generator type FakeEdit. Did you mean 'ops'?"),
         (["generators=[]"], "'generators' is empty"),
         (["generators=[{type: FakeEdit}, {type: FakeEdit}]"], "generators[1].name 'FakeEdit' is used twice"),
         (["prompting.mode=adaptive"], "prompting.mode is adaptive but 'prompting.vlm' is not set"),
@@ -79,7 +79,7 @@ def test_option_errors_are_one_line_and_name_the_key(tmp_path, lq_dir):
         (["qc.metrics.thresholds={fidelity.ssim: 'at least 0.5'}"], "is not a bound; write e.g. '>= 0.5'"),
         (["qc.vlm.enabled=true"], "qc.vlm.enabled but neither 'qc.vlm.vlm' nor 'prompting.vlm' names a VLM"),
         (["input.path=/no/such/folder"], "input.path: folder not found: /no/such/folder"),
-        (["prompting.vlm={type: QwenVL, pretrained: x, max_tokens: 3}"], "unknown option 'prompting.vlm.max_tokens'"),
+        (["prompting.vlm={type: QwenVL, pretrained: x, max_tokens: 3}"], "'prompting.vlm.max_tokens' is not an option of synth VLM type QwenVL"),
     ]
     for over, expected in cases:
         with pytest.raises(OptionsError) as e:

@@ -14,7 +14,6 @@ has each metric's mean and standard deviation over the samples.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ggt_ir.config import plain_options
 from ggt_ir.eval.options import EvalOptions, use_cpu
 from ggt_ir.eval.report import grid_picks, save_previews, summary_record, summary_table, write_results
 from ggt_ir.eval.sources import EvalError, FolderSource, InputSource, RestorerSource, open_source, set_fingerprint
@@ -227,25 +227,15 @@ def _sample_stats(per_sample_sets: list[dict]) -> dict:
 
 
 # --------------------------------------------------------------------------- the cell record
-def _plain(x):
-    if dataclasses.is_dataclass(x):
-        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def eval_cell_hash(opt: EvalOptions) -> str:
     """sha256 of what defines an evaluation's numbers apart from the weights and the protocol: the eval sets'
     options, the metric choices, seeds and sample count, and how the model is run (tiling, prompts, ...);
     not names, paths of results, batch sizes or workers."""
     skip_ds = {"name", "batch_size_per_gpu", "num_worker_per_gpu", "pin_memory"}
-    datasets = {n: {k: v for k, v in _plain(o).items() if k not in skip_ds} for n, o in opt.datasets.items()}
+    datasets = {n: {k: v for k, v in plain_options(o).items() if k not in skip_ds} for n, o in opt.datasets.items()}
     model = None
     if opt.model is not None:
-        model = {k: v for k, v in _plain(opt.model).items() if k not in ("run", "options", "checkpoint")}
+        model = {k: v for k, v in plain_options(opt.model).items() if k not in ("run", "options", "checkpoint")}
     record = {"datasets": datasets, "metrics": {k: c.as_option() for k, c in opt.metrics.items()},
               "seed": opt.eval.seed, "num_samples": opt.eval.num_samples, "max_size_diff": opt.eval.max_size_diff,
               "model": model, "restored": None if opt.restored is None else ("input" if str(opt.restored) == "input"

@@ -20,7 +20,6 @@ the processes share nothing but barriers at the start and the end, where process
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ggt_ir.config import plain_options
 from ggt_ir.synth.options import SynthOptions
 from ggt_ir.utils.fs import atomic_write, atomic_write_json, atomic_write_text
 
@@ -97,16 +97,6 @@ def _json_default(o):
 
 
 # --------------------------------------------------------------------------- configuration fingerprint
-def _plain(x):
-    if dataclasses.is_dataclass(x):
-        return {f.name: _plain(getattr(x, f.name)) for f in dataclasses.fields(x)}
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
-
-
 def config_fingerprint(opt: SynthOptions) -> str:
     """What decides an image's outcome; a done image whose record has another fingerprint is processed again
     (its candidates come from the cache when their own settings did not change)."""
@@ -117,9 +107,9 @@ def config_fingerprint(opt: SynthOptions) -> str:
     vlm = output_options(p.vlm) if p.vlm is not None else None
     qv = opt.qc.vlm
     judge = output_options(qv.vlm) if qv.vlm is not None else None
-    blob = {"generators": gens, "candidates": _plain(opt.candidates), "prompting": {
+    blob = {"generators": gens, "candidates": plain_options(opt.candidates), "prompting": {
         "mode": p.mode, "fixed": p.fixed, "meta": p.meta_prompt, "vlm": vlm, "max_chars": p.max_chars},
-        "qc_metrics": _plain(opt.qc.metrics), "qc_vlm": {**_plain(qv), "vlm": judge}, "split": opt.output.split}
+        "qc_metrics": plain_options(opt.qc.metrics), "qc_vlm": {**plain_options(qv), "vlm": judge}, "split": opt.output.split}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -204,7 +194,7 @@ class SynthRun:
         ctx = self._ctx()
         res = self.resources
         for g in self.opt.generators:
-            rkey = ("generator", json.dumps(_plain(g), sort_keys=True, default=str))
+            rkey = ("generator", json.dumps(plain_options(g), sort_keys=True, default=str))
             if rkey not in res:
                 try:
                     res[rkey] = GENERATORS.get(g.type)(g, ctx)
@@ -225,14 +215,14 @@ class SynthRun:
             self.judge_vlm = prompt_vlm if (qv.vlm is None and prompt_vlm is not None) else \
                 self._vlm(block, "qc.vlm.vlm" if qv.vlm is not None else "prompting.vlm", VLMS, ctx)
         if self.opt.qc.metrics.enabled:
-            rkey = ("qc1", json.dumps(_plain(self.opt.qc.metrics), sort_keys=True, default=str))
+            rkey = ("qc1", json.dumps(plain_options(self.opt.qc.metrics), sort_keys=True, default=str))
             if rkey not in res:
                 res[rkey] = MetricQC(self.opt.qc.metrics, device=str(self.state.device), log=self.log,
                                      src=self.opt.source_file or "options")
             self.qc1 = res[rkey]
 
     def _vlm(self, block, where, VLMS, ctx):
-        rkey = ("vlm", json.dumps(_plain(block), sort_keys=True, default=str))
+        rkey = ("vlm", json.dumps(plain_options(block), sort_keys=True, default=str))
         if rkey not in self.resources:
             try:
                 self.resources[rkey] = VLMS.get(block.type)(block, ctx)

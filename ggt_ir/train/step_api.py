@@ -88,6 +88,17 @@ class Step:
         """Raise :class:`ggt_ir.config.OptionsError` for option combinations this family cannot train."""
 
     # ------------------------------------------------------------------ shared helpers
+    @staticmethod
+    def load_generator(opt, log):
+        """``network_g`` built, with ``path.pretrain_network_g`` loaded into it (what was loaded is logged)."""
+        from ggt_ir.inference.loader import load_network
+
+        net, report = load_network(opt.network_g, opt.path.pretrain_network_g, opt.path.param_key_g,
+                                   opt.path.strict_load_g)
+        if report is not None:
+            log.info(str(report))
+        return net
+
     def prepare_generator(self, net: torch.nn.Module, *extra):
         """``train.optim_g`` over ``net``'s trainable parameters, its schedule and (``train.ema_decay``) its EMA;
         ``accelerator.prepare(net, optimizer, *extra)``; the schedule and EMA registered for checkpointing.

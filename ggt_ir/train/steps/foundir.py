@@ -20,13 +20,8 @@ class FoundIRStep(Step):
                                "remove train.pixel_opt / train.losses")
 
     def __init__(self, opt, accelerator, log):
-        from ggt_ir.inference.loader import load_network
-
         self.opt, self.acc = opt, accelerator
-        net, report = load_network(opt.network_g, opt.path.pretrain_network_g, opt.path.param_key_g,
-                                   opt.path.strict_load_g)
-        if report is not None:
-            log.info(str(report))
+        net = self.load_generator(opt, log)
         self.num_params = sum(p.numel() for p in net.parameters())
         self.prepare_generator(net)
 

@@ -102,15 +102,11 @@ class GANStep(Step):
     def __init__(self, opt, accelerator, log):
         from ggt_ir.archs import build_network
         from ggt_ir.archs.weights import load_weights
-        from ggt_ir.inference.loader import load_network
         from ggt_ir.losses import build_loss, build_losses
         from ggt_ir.train.optim import LRFactor, build_optimizer
 
         self.opt, self.acc, t = opt, accelerator, opt.train
-        net, report = load_network(opt.network_g, opt.path.pretrain_network_g, opt.path.param_key_g,
-                                   opt.path.strict_load_g)
-        if report is not None:
-            log.info(str(report))
+        net = self.load_generator(opt, log)
         net_d = build_network(opt.network_d)
         if opt.path.pretrain_network_d:
             log.info(str(load_weights(net_d, opt.path.pretrain_network_d, opt.path.param_key_d,

@@ -8,14 +8,10 @@ from ggt_ir.train.step_api import NONFINITE, Step
 
 class RegressionStep(Step):
     def __init__(self, opt, accelerator, log):
-        from ggt_ir.inference.loader import load_network
         from ggt_ir.losses import build_losses
 
         self.opt, self.acc, t = opt, accelerator, opt.train
-        net, report = load_network(opt.network_g, opt.path.pretrain_network_g, opt.path.param_key_g,
-                                   opt.path.strict_load_g)
-        if report is not None:
-            log.info(str(report))
+        net = self.load_generator(opt, log)
         self.num_params = sum(p.numel() for p in net.parameters())
         self.losses = {k: m.to(accelerator.device) for k, m in build_losses(t).items()}
         self.prepare_generator(net)
