@@ -96,8 +96,11 @@ def test_bad_rows_and_launch_settings_are_one_line_errors(tmp_path, demo_root, w
 
 def test_launch_commands_for_one_gpu_to_n_nodes(monkeypatch):
     argv, env = launch_command(AccelerateOptions(num_processes=8), ["train.py", "-opt", "x.yml"])
-    assert argv[1:] == ["launch", "--num_processes", "8", "--num_machines", "1", "--mixed_precision", "no",
+    # no --mixed_precision unless the table gives one: a launch flag would override the recipe's own
+    assert argv[1:] == ["launch", "--num_processes", "8", "--num_machines", "1",
                         "--dynamo_backend", "no", "--multi_gpu", "train.py", "-opt", "x.yml"]
+    argv, _ = launch_command(AccelerateOptions(num_processes=8, mixed_precision="bf16"), ["train.py"])
+    assert argv[argv.index("--mixed_precision") + 1] == "bf16"
     argv, env = launch_command(AccelerateOptions(num_processes=2, cpu=True), ["t.py"])
     assert "--multi_gpu" in argv and "--cpu" not in argv and env["ACCELERATE_USE_CPU"] == "true"
     argv, _ = launch_command(AccelerateOptions(config_file="fsdp.yaml"), ["t.py"])
@@ -241,7 +244,7 @@ def test_demo_table_end_to_end_with_a_sigkill(tmp_path, demo_root, weights):
     p = _reproduce(killed)
     out = p.communicate(timeout=900)[0]
     assert p.returncode == 0, out[-4000:]
-    assert "train:swinir_existing: done" in out and "eval:swinir_existing: done" in out
+    assert "train:swinir_existing: done" in out and "eval:swinir_existing: done" in out, out
     assert "train:swinir_ggt100k resumes at iteration 3" in out
     log = "".join(f.read_text() for f in (exp / "swinir_ggt100k").glob("train_*.log"))
     assert "resumed from" in log and "checkpoint-3" in log

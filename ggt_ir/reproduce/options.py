@@ -85,8 +85,8 @@ def launch_command(a: AccelerateOptions, script: list[str], module: bool = False
                  "--main_process_port", str(a.main_process_port or os.environ.get("MASTER_PORT", 29500))]
     elif a.main_process_port:
         argv += ["--main_process_port", str(a.main_process_port)]
-    if a.mixed_precision or not a.config_file:
-        argv += ["--mixed_precision", a.mixed_precision or "no"]
+    if a.mixed_precision:  # else the option file's train.mixed_precision decides (a launch flag would override it)
+        argv += ["--mixed_precision", a.mixed_precision]
     if not a.config_file:
         argv += ["--dynamo_backend", a.dynamo_backend]
     if a.gpu_ids:

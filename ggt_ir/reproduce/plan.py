@@ -41,6 +41,10 @@ _TIME_RE = re.compile(r"time \(data\): ([0-9.]+) \(")
 # --------------------------------------------------------------------------- hashes
 def _hash_options_dict(d: dict) -> str:
     d = copy.deepcopy(d)
+    t = d.get("train") if isinstance(d.get("train"), dict) else {}
+    if "train" in d:  # unset = the defaults the run resolves them to (train/precedence.py)
+        t["mixed_precision"] = t.get("mixed_precision") or "no"
+        t["gradient_accumulation_steps"] = t.get("gradient_accumulation_steps") or 1
     for k in _UNHASHED_TOP:
         d.pop(k, None)
     for k in _UNHASHED_PATH:
@@ -48,9 +52,14 @@ def _hash_options_dict(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def train_hash(opt) -> str:
-    """The identity of a training: its resolved options minus names, paths and logging."""
-    return _hash_options_dict(yaml.safe_load(options_to_yaml(opt)))
+def train_hash(opt, launch_mixed_precision: str | None = None) -> str:
+    """The identity of a training: its resolved options minus names, paths and logging. Mixed precision and
+    gradient accumulation as the run will resolve them (train/precedence.py: the launch's flag, else the option
+    file, else the default), since the run folder's options.yml records the resolved values."""
+    d = yaml.safe_load(options_to_yaml(opt))
+    if launch_mixed_precision:  # the launch's flag beats the option file
+        d.setdefault("train", {})["mixed_precision"] = launch_mixed_precision
+    return _hash_options_dict(d)
 
 
 def stored_train_hash(options_yml: Path) -> str | None:
@@ -348,7 +357,8 @@ def build_plan(table_file: str | Path, accelerate_config: str | None = None, che
                 opt = load_options(recipe, overrides, check_paths=check_paths)
             except (OptionsError, KeyError) as e:
                 raise OptionsError(f"{kp}: {e}") from None
-            digest = train_hash(opt)
+            launch = parse_accelerate(base_launch, row.accelerate, src=kp)
+            digest = train_hash(opt, launch.mixed_precision)
             model = row.model or opt.network_g.get("type", "?")
             if digest in by_hash:
                 train = by_hash[digest]
@@ -362,7 +372,7 @@ def build_plan(table_file: str | Path, accelerate_config: str | None = None, che
                     hint = (float(c["sec_per_iter"]), str(c.get("source") or f"cost.{model} (no source given)"))
                 train = TrainCell(id=f"train:{run_dir.name}", recipe=str(recipe), overrides=overrides, opt=opt,
                                   train_sha256=digest, run_dir=run_dir, renamed=renamed,
-                                  launch=parse_accelerate(base_launch, row.accelerate, src=kp), model=model, hint=hint)
+                                  launch=launch, model=model, hint=hint)
                 train_status(train)
                 by_hash[digest] = train
                 plan.train.append(train)
