@@ -312,7 +312,7 @@ def _random_vgg19(path: Path) -> Path:
 
 
 def gan_steps(args, device, tmp: Path):
-    """(ours, basicsr) callables doing one GAN training iteration each: RRDBNet (23 blocks, scale 1) + U-Net
+    """{ours, ours_cl (train.channels_last), ref (BasicSR)} callables doing one GAN training iteration each: RRDBNet (23 blocks, scale 1) + U-Net
     discriminator (spectral norm) + L1 + VGG19 perceptual + vanilla GAN, Real-ESRGAN's settings, on the same
     random weights and the same batch (``--gan-batch`` crops of ``--gan-size``²)."""
     import logging
@@ -368,21 +368,26 @@ def gan_steps(args, device, tmp: Path):
                 "train": {**train, "losses": [{**percep, "weights_dir": str(tmp)}], "l1_gt_usm": True,
                           "percep_gt_usm": True, "mixed_precision": "bf16" if args.bf16 else "no"},
                 "logger": {"trackers": []}}
-    (tmp / "gan.yml").write_text(yaml.safe_dump(ours_opt))
     from ggt_ir.train.options import load_options
     from ggt_ir.train.steps.gan import GANStep
 
     acc = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if args.bf16 else "no")
-    ours = GANStep(load_options(tmp / "gan.yml", check_paths=False), acc, logging.getLogger("bench"))
+    steps = {}
+    for name, channels_last in (("ours", False), ("ours_cl", True)):  # the default, and train.channels_last
+        ours_opt["train"]["channels_last"] = channels_last
+        (tmp / f"{name}.yml").write_text(yaml.safe_dump(ours_opt))
+        steps[name] = GANStep(load_options(tmp / f"{name}.yml", check_paths=False), acc, logging.getLogger("bench"))
     g = torch.Generator().manual_seed(0)
     gt = torch.rand(args.gan_batch, 3, args.gan_size, args.gan_size, generator=g)
     lq = (gt + 0.05 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
     batch = {"lq": lq.to(device), "gt": gt.to(device)}
-    it = {"ours": 0, "ref": 0}
+    it = {"ours": 0, "ours_cl": 0, "ref": 0}
 
-    def run_ours():
-        it["ours"] += 1
-        return {k: float(v) for k, v in ours.train_step(batch, it["ours"]).items()}
+    def ours(name):
+        def run():
+            it[name] += 1
+            return {k: float(v) for k, v in steps[name].train_step(batch, it[name]).items()}
+        return run
 
     def run_ref():
         it["ref"] += 1
@@ -390,42 +395,49 @@ def gan_steps(args, device, tmp: Path):
         ref.optimize_parameters(it["ref"])
         return {k: float(v) for k, v in ref.log_dict.items()}
 
-    return run_ours, run_ref
+    return {"ours": ours("ours"), "ours_cl": ours("ours_cl"), "ref": run_ref}
 
 
 def measure_gan(args, device) -> list[dict]:
-    """Ours vs BasicSR's RealESRGANModel, alternated (AB BA ...), best run of each kept."""
+    """Ours (default, and with ``train.channels_last``) vs BasicSR's RealESRGANModel, rotated (ABC BCA CAB ...),
+    best run of each kept."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        run_ours, run_ref = gan_steps(args, device, Path(tmp))
+        runs = gan_steps(args, device, Path(tmp))
         for i in range(args.warmup):
-            a, b = run_ours(), run_ref()
+            first = {name: fn() for name, fn in runs.items()}
             if i == 0:  # same weights, same batch: the first iteration's losses agree
-                print("first iteration losses, ours:", {k: round(v, 5) for k, v in a.items()}, flush=True)
-                print("first iteration losses, basicsr:", {k: round(v, 5) for k, v in b.items()}, flush=True)
-        times = {"ours": [], "ref": []}
+                for name in ("ours", "ref"):
+                    print(f"first iteration losses, {name}:", {k: round(v, 5) for k, v in first[name].items()},
+                          flush=True)
+        times = {name: [] for name in runs}
+        names = list(runs)
         for i in range(args.iters):
-            order = (("ours", run_ours), ("ref", run_ref)) if i % 2 == 0 else (("ref", run_ref), ("ours", run_ours))
-            for name, fn in order:
-                times[name].append(timed(fn, device))
+            for name in names[i % 3:] + names[:i % 3]:
+                times[name].append(timed(runs[name], device))
     best = {k: min(v) for k, v in times.items()}
-    row = {"model": "GAN step (RRDBNet + UNetDiscriminatorSN + VGG19 + L1)", "mode": "train",
-           "size": f"{args.gan_batch}x{args.gan_size}²", "ours_s": best["ours"], "ref_s": best["ref"],
-           "median_ours_s": statistics.median(times["ours"]), "median_ref_s": statistics.median(times["ref"]),
-           "ratio": best["ref"] / best["ours"], "iters": args.iters}
-    print(json.dumps(row), flush=True)
-    return [row]
+    rows = []
+    for name, label in (("ours", "fp32 (default)"), ("ours_cl", "train.channels_last: true")):
+        rows.append({"model": f"GAN step (RRDBNet + UNetDiscriminatorSN + VGG19 + L1), ours {label}",
+                     "mode": "train", "size": f"{args.gan_batch}x{args.gan_size}²", "ours_s": best[name],
+                     "ref_s": best["ref"], "median_ours_s": statistics.median(times[name]),
+                     "median_ref_s": statistics.median(times["ref"]), "ratio": best["ref"] / best[name],
+                     "median_ratio": statistics.median(times["ref"]) / statistics.median(times[name]),
+                     "iters": args.iters})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def gan_table(rows, args, device) -> str:
     prec = "bf16 autocast" if args.bf16 else "fp32"
     lines = [f"{hardware(device)}, {prec}, best of {args.iters} timed iterations after {args.warmup} warm-up", "",
-             "| step | batch | ours s/it (median) | BasicSR RealESRGANModel s/it (median) | ours / BasicSR speed |",
+             "| step | batch | ours s/it (median) | BasicSR RealESRGANModel s/it (median) | ours / BasicSR speed "
+             "(median) |",
              "| --- | --- | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['size']} | {r['ours_s']:.3f} ({r['median_ours_s']:.3f}) | "
-                     f"{r['ref_s']:.3f} ({r['median_ref_s']:.3f}) | {r['ratio']:.2f}x |")
+                     f"{r['ref_s']:.3f} ({r['median_ref_s']:.3f}) | {r['ratio']:.2f}x ({r['median_ratio']:.2f}x) |")
     return "\n".join(lines)
 
 

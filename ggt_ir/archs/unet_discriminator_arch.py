@@ -44,7 +44,7 @@ class UNetDiscriminatorSN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         x = pad_to_multiple(x, self.pad_multiple)
-        act = lambda t: F.leaky_relu(t, 0.2)  # noqa: E731
+        act = lambda t: F.leaky_relu(t, 0.2, inplace=True)  # noqa: E731  (on fresh conv outputs: less memory traffic)
         up = lambda t: F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)  # noqa: E731
         x0 = act(self.conv0(x))
         x1 = act(self.conv1(x0))

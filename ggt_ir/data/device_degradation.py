@@ -135,7 +135,7 @@ def poisson_levels(levels: torch.Tensor, vals: torch.Tensor, key: tuple[int, int
     vals_index = torch.tensor([distinct.index(v) for v in vals.tolist()], device=device).view(b, *[1] * (levels.dim() - 1))
     row = vals_index * 256 + levels.long()
     u = counter_uniform(levels.numel(), key, device).view(levels.shape)
-    pos = torch.searchsorted(flat, row.double() + u, right=True)
+    pos = torch.searchsorted(flat, (row.double() + u).contiguous(), right=True)
     return (pos - row * k).clamp_(0, k - 1).float()
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ggt_ir.losses.weights import PYIQA_URL, TV_URL, local_file, torchvision_features
+from ggt_ir.losses.weights import PYIQA_URL, TV_URL, local_file, pair_features, torchvision_features
 
 VGG_FILE = "vgg16-397923af.pth"
 DISTS_FILE = "DISTS_weights-f5e65c96.pth"
@@ -59,21 +59,22 @@ class DISTSNet(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        both = torch.cat([x, y]).float()
-        feats = [both]
-        h = (both - self.mean) / self.std
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The image and the maps after each stage."""
+        feats, h = [x], (x - self.mean) / self.std
         for stage in self.stages:
             h = stage(h)
             feats.append(h)
+        return feats
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        feats_x, feats_y = pair_features(self.features, x, y)
         w_sum = self.alpha.sum() + self.beta.sum()
         alphas = torch.split(self.alpha / w_sum, CHANNELS, dim=1)
         betas = torch.split(self.beta / w_sum, CHANNELS, dim=1)
         dist1 = dist2 = 0
         c1 = c2 = 1e-6
-        for f, alpha, beta in zip(feats, alphas, betas):
-            fx, fy = f[:b], f[b:]
+        for fx, fy, alpha, beta in zip(feats_x, feats_y, alphas, betas):
             mx, my = fx.mean((2, 3), keepdim=True), fy.mean((2, 3), keepdim=True)
             structure = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
             vx, vy = ((fx - mx) ** 2).mean((2, 3), keepdim=True), ((fy - my) ** 2).mean((2, 3), keepdim=True)

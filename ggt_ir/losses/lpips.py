@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ggt_ir.losses.weights import PYIQA_URL, TV_URL, local_file, torchvision_features, weights_dir
+from ggt_ir.losses.weights import PYIQA_URL, TV_URL, local_file, pair_features, torchvision_features, weights_dir
 
 # net -> (torchvision arch, backbone file, pyiqa file, feature slices [a, b) of .features, channels)
 NETS = {
@@ -72,15 +72,19 @@ class LPIPSNet(nn.Module):
     def train(self, mode: bool = True):  # always eval (no dropout), even inside a training model
         return super().train(False)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        # both images in one pass through the backbone
-        f = ((torch.cat([x, y]).float() * 2 - 1) - self.shift) / self.scale
-        total = 0
-        for sl, w in zip(self.slices, self.lins):
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The channel-normalised maps of each slice."""
+        f, out = ((x * 2 - 1) - self.shift) / self.scale, []
+        for sl in self.slices:
             f = sl(f)
-            n = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + F.conv2d((n[:b] - n[b:]) ** 2, w).mean(dim=(2, 3))
+            out.append(f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fx, fy = pair_features(self.features, x, y)
+        total = 0
+        for a, b, w in zip(fx, fy, self.lins):
+            total = total + F.conv2d((a - b) ** 2, w).mean(dim=(2, 3))
         return total.flatten()
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ggt_ir.losses.weights import TV_URL, local_file, torchvision_features, torchvision_file
+from ggt_ir.losses.weights import TV_URL, local_file, pair_features, torchvision_features, torchvision_file
 
 # BasicSR's layer names (basicsr/archs/vgg_arch.py): the order of torchvision's ``features`` modules
 _VGG_BLOCKS = {"vgg11": (1, 1, 2, 2, 2), "vgg13": (2, 2, 2, 2, 2), "vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -123,11 +123,10 @@ class PerceptualLoss(nn.Module):
         return F.l1_loss(a, b) if self.criterion == "l1" else F.mse_loss(a, b)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        b = pred.shape[0]
-        feats = self.vgg(torch.cat([pred, target.detach()]).float())  # one pass for both
+        feats_x, feats_y = pair_features(self.vgg, pred, target.detach())
         loss = pred.new_zeros((), dtype=torch.float32)
         for name, weight in self.layer_weights.items():
-            fx, fy = feats[name][:b].float(), feats[name][b:].float()
+            fx, fy = feats_x[name].float(), feats_y[name].float()
             if self.perceptual_weight > 0:
                 loss = loss + self.perceptual_weight * weight * self._distance(fx, fy)
             if self.style_weight > 0:

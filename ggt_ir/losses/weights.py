@@ -67,3 +67,20 @@ def torchvision_features(arch: str, path: Path) -> nn.Sequential:
     except RuntimeError as e:
         raise ValueError(f"{path}: not torchvision's {arch} weights ({str(e).splitlines()[0]})") from None
     return features
+
+
+def pair_features(features, x: torch.Tensor, y: torch.Tensor):
+    """``features(x), features(y)`` through a frozen network (``features`` returns a list or a dict of maps).
+
+    When ``x`` carries a gradient, ``y`` (the target) goes through without a graph: a shared batch would also
+    back-propagate through the target's half, wasted work (VGG19 loss at 4x128² on CPU: 1.32 s vs 0.90 s).
+    Otherwise both go in one batched pass."""
+    if torch.is_grad_enabled() and x.requires_grad and not y.requires_grad:
+        fx = features(x.float())
+        with torch.no_grad():
+            return fx, features(y.float())
+    b = x.shape[0]
+    both = features(torch.cat([x, y]).float())
+    if isinstance(both, dict):
+        return {k: v[:b] for k, v in both.items()}, {k: v[b:] for k, v in both.items()}
+    return [f[:b] for f in both], [f[b:] for f in both]

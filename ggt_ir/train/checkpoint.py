@@ -144,17 +144,19 @@ def export_generator(path_stem, params: dict, params_ema: dict | None, it: int, 
     from safetensors.torch import save_file
 
     path_stem = Path(path_stem)
-    flat = {f"params.{k}": v.detach().cpu().clone() for k, v in params.items()}
+    # contiguous copies: safetensors refuses other strides (train.channels_last keeps weights NHWC)
+    flat = {f"params.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in params.items()}
     if params_ema is not None:
-        flat.update({f"params_ema.{k}": v.detach().cpu().clone() for k, v in params_ema.items()})
+        flat.update({f"params_ema.{k}": v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                     for k, v in params_ema.items()})
     meta = {"format": "ggt-ir generator", "iter": str(it), "network_g": json.dumps(network_g),
             "groups": "params,params_ema" if params_ema is not None else "params"}
     out = [str(path_stem.with_suffix(".safetensors"))]
     atomic_write(Path(out[0]), lambda p: save_file(flat, str(p), metadata=meta))
     if also_pth:
-        obj = {"params": {k: v.detach().cpu() for k, v in params.items()}}
+        obj = {"params": {k: flat[f"params.{k}"] for k in params}}
         if params_ema is not None:
-            obj["params_ema"] = {k: v.detach().cpu() for k, v in params_ema.items()}
+            obj["params_ema"] = {k: flat[f"params_ema.{k}"] for k in params_ema}
         out.append(str(path_stem.with_suffix(".pth")))
         atomic_write(Path(out[1]), lambda p: torch.save(obj, str(p)))
     return out

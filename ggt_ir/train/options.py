@@ -64,6 +64,9 @@ class TrainOptions:
     mixed_precision: Optional[str] = choice(None, None, "no", "fp16", "bf16")
     gradient_accumulation_steps: Optional[int] = at_least(None, 1)
     skip_nonfinite: bool = False  # skip steps with NaN/Inf loss instead of stopping
+    # CNNs: weights (and so activations) in NHWC, traiNNer-redux's use_channels_last; measured in
+    # bench/RESULTS.md (GAN step on CPU). Exports and checkpoints are written contiguous as always.
+    channels_last: bool = False
 
 
 @dataclass

@@ -107,6 +107,7 @@ class Step:
         from ggt_ir.train.optim import build_optimizer, build_scheduler
 
         t = self.opt.train
+        self.to_memory_format(net, *(m for m in extra if isinstance(m, torch.nn.Module)))
         optimizer = build_optimizer(net.parameters(), t.optim_g)
         self.scheduler = build_scheduler(optimizer, t)
         self.ema = EMA(net, t.ema_decay).to(self.acc.device) if t.ema_decay > 0 else None
@@ -116,6 +117,12 @@ class Step:
         if self.ema is not None:
             self.acc.register_for_checkpointing(self.ema)
         return rest
+
+    def to_memory_format(self, *modules: torch.nn.Module) -> None:
+        """``train.channels_last``: the modules' 4-D weights in NHWC; convolutions then keep activations NHWC."""
+        if self.opt.train.channels_last:
+            for m in modules:
+                m.to(memory_format=torch.channels_last)
 
     def trained_optimizers(self) -> list:
         """Every optimizer this step updates (all are cleared when a step is skipped)."""

@@ -14,6 +14,7 @@ class RegressionStep(Step):
         net = self.load_generator(opt, log)
         self.num_params = sum(p.numel() for p in net.parameters())
         self.losses = {k: m.to(accelerator.device) for k, m in build_losses(t).items()}
+        self.to_memory_format(*self.losses.values())
         self.prepare_generator(net)
 
     def describe(self) -> dict:
