@@ -13,9 +13,10 @@ ARM_CATEGORIES = {"existing": ["general", "rain"], "ggt100k": None}  # "existing
 
 
 def write_demo_table(tmp: Path, demo_root: Path, weights_dir: Path, total_iter: int = 6, name: str = "demo",
-                     models: tuple[str, ...] = ("SwinIR", "NAFNet"), zero_shot: bool = True) -> Path:
+                     models: tuple[str, ...] = ("SwinIR", "NAFNet"), zero_shot: bool = True,
+                     arms: tuple[str, ...] = tuple(ARM_CATEGORIES)) -> Path:
     """Recipes (options/train-style, with include:), an eval file and a table file under ``tmp``: each of
-    ``models`` x the two arms, plus the LQ input as a zero-shot row when ``zero_shot``."""
+    ``models`` x ``arms``, plus the LQ input as a zero-shot row when ``zero_shot``."""
     rec = tmp / "recipes"
     rec.mkdir(parents=True, exist_ok=True)
     for model, net in (("swinir", TINY_SWINIR), ("nafnet", TINY_NAFNET)):
@@ -40,8 +41,7 @@ def write_demo_table(tmp: Path, demo_root: Path, weights_dir: Path, total_iter: 
           "metrics": {"psnr": {}, "ssim": {}, "lpips": {}},
           "eval": {"batch_size": 4, "num_grid": 2, "grid_size": 32, "weights_dir": str(weights_dir), "strict": True}}
     (tmp / "eval.yml").write_text(yaml.safe_dump(ev))
-    rows = [{"model": m, "recipe": str(rec / f"{m.lower()}_{arm}.yml")} for m in models
-            for arm in ARM_CATEGORIES]
+    rows = [{"model": m, "recipe": str(rec / f"{m.lower()}_{arm}.yml")} for m in models for arm in arms]
     if zero_shot:
         rows.append({"model": "LQ input", "data": "zero-shot", "restored": "input"})
     table = {"name": name, "title": "demo: existing data vs GGT-100K", "results_root": str(tmp / "results"),
