@@ -134,6 +134,9 @@ def test_options_via_config(hq_root, tmp_path, demo_root):
     opt["datasets"]["train"]["degradation"]["kernel_prob"] = [1.0]
     with pytest.raises(OptionsError, match="kernel_prob needs one probability per kernel_list entry"):
         load_options(write_options(tmp_path / "o2.yml", opt))
+    opt["datasets"]["train"]["degradation"] = {"blur_kernel_size": 20}  # the check the device degradation shares
+    with pytest.raises(OptionsError, match=r"o2b.yml: datasets.train.degradation.blur_kernel_size must be odd"):
+        load_options(write_options(tmp_path / "o2b.yml", opt))
     opt["datasets"]["train"]["degradation"] = {"jpeg_rnge": [1, 2]}
     with pytest.raises(OptionsError, match="jpeg_range"):
         load_options(write_options(tmp_path / "o3.yml", opt))

@@ -43,7 +43,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ggt_ir.data.synthetic import KERNELS, DegradationOptions
+from ggt_ir.data.synthetic import DegradationOptions
 
 RESIZE_MODES = ("area", "bilinear", "bicubic")
 
@@ -59,15 +59,7 @@ class DeviceDegradationOptions(DegradationOptions):
     synthetic_prob: float = 1.0  # per sample of a paired batch: the probability of a synthetic pair
 
     def check(self, key: str = "degradation") -> None:
-        for name in ("kernel_prob", "kernel_prob2"):
-            lst = "kernel_list" + name[len("kernel_prob"):]
-            if len(getattr(self, name)) != len(getattr(self, lst)):
-                raise ValueError(f"{key}.{name} needs one probability per {lst} entry")
-        bad = [k for k in set(self.kernel_list) | set(self.kernel_list2) if k not in KERNELS]
-        if bad:
-            raise ValueError(f"{key}: unknown kernel(s) {bad}; known: {', '.join(KERNELS)}")
-        if self.blur_kernel_size % 2 == 0 or self.blur_kernel_size < 7:
-            raise ValueError(f"{key}.blur_kernel_size must be odd and >= 7, got {self.blur_kernel_size}")
+        super().check(key)
         if not 0.0 <= self.synthetic_prob <= 1.0:
             raise ValueError(f"{key}.synthetic_prob must be in [0, 1], got {self.synthetic_prob}")
         if self.scale < 1 or (self.gt_size and self.gt_size % self.scale):

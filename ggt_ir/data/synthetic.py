@@ -82,6 +82,18 @@ class DegradationOptions:
     use_noise: bool = True
     use_jpeg: bool = True
 
+    def check(self, key: str = "degradation") -> None:
+        """ValueError naming ``key`` for settings no degradation can run (the CPU dataset's and the device's)."""
+        for name in ("kernel_prob", "kernel_prob2"):
+            lst = "kernel_list" + name[len("kernel_prob"):]
+            if len(getattr(self, name)) != len(getattr(self, lst)):
+                raise ValueError(f"{key}.{name} needs one probability per {lst} entry")
+        bad = [k for k in set(self.kernel_list) | set(self.kernel_list2) if k not in KERNELS]
+        if bad:
+            raise ValueError(f"{key}: unknown kernel(s) {bad}; known: {', '.join(KERNELS)}")
+        if self.blur_kernel_size % 2 == 0 or self.blur_kernel_size < 7:
+            raise ValueError(f"{key}.blur_kernel_size must be odd and >= 7, got {self.blur_kernel_size}")
+
 
 def _basicsr():
     from ggt_ir._compat import patch_basicsr_imports
@@ -229,14 +241,10 @@ class SyntheticDegradationDataset(torch.utils.data.Dataset):
             if not Path(root).is_dir():
                 raise OptionsError(f"{src}: {key}.{'dataroot' if self.dataroot else 'dataroot_gt'}: "
                                    f"folder not found: {root}. {missing_data_hint(root)}")
-            d = self.degradation
-            for name in ("kernel_prob", "kernel_prob2"):
-                lst = "kernel_list" + name[len("kernel_prob"):]
-                if len(getattr(d, name)) != len(getattr(d, lst)):
-                    raise OptionsError(f"{src}: {key}.degradation.{name} needs one probability per {lst} entry")
-            bad = [k for k in set(d.kernel_list) | set(d.kernel_list2) if k not in KERNELS]
-            if bad:
-                raise OptionsError(f"{src}: {key}.degradation: unknown kernel(s) {bad}; known: {', '.join(KERNELS)}")
+            try:
+                self.degradation.check(f"{key}.degradation")
+            except ValueError as e:
+                raise OptionsError(f"{src}: {e}") from None
             if self.gt_size % self.scale:
                 raise OptionsError(f"{src}: {key}.gt_size {self.gt_size} is not a multiple of scale {self.scale}")
 
