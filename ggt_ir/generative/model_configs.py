@@ -128,7 +128,18 @@ def build(library: str, cls_name: str, config: dict, device: str = "meta", dtype
             model = cls(cls.config_class(**config))
         else:
             model = cls.from_config(config)
-    return model.to(dtype) if dtype is not None else model
+    if dtype is None:
+        return model
+    if library == "transformers" or device != "meta":
+        return model.to(dtype)
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # diffusers warns about its fp32 modules on every .to(): noise for shapes
+    try:
+        return model.to(dtype)
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def num_params(model) -> int:

@@ -179,6 +179,17 @@ def _source(network_g: dict, key: str) -> tuple[Path | None, str]:
     return None, f"published configs of {PUBLISHED[key]} (ggt_ir/generative/model_configs.py; {p} is not here)"
 
 
+_MEMO: dict = {}
+
+
+def _memo(key, compute):
+    """One computation per key in this process: the suggestions vary one setting at a time, and most settings
+    (quantization, placement, layout) change neither the meta models nor their simulated activations."""
+    if key not in _MEMO:
+        _MEMO[key] = compute()
+    return _MEMO[key]
+
+
 # ---------------------------------------------------------------------------------------------- families
 def _lora_meta(model, targets, rank, alpha=None, regions=None):
     import warnings
@@ -320,23 +331,29 @@ def plan_editor(opt) -> dict:
     res, batch = int(ds.gt_size or 1024), int(ds.batch_size_per_gpu)
     gc = bool(g.get("gradient_checkpointing", False))
     fam = FAMILIES.get(family)
-    transformer = build(*_component(cfgs, folder, "transformer"), dtype=torch.bfloat16)
-    n_lora = 0
-    if g.get("lora_rank", 16):
-        n_lora = _lora_meta(transformer, g.get("lora_targets") or list(fam.lora_targets), g.get("lora_rank", 16),
-                            g.get("lora_alpha"))
-    _mark(transformer)
+    lora = (g.get("lora_rank", 16), tuple(g.get("lora_targets") or fam.lora_targets), g.get("lora_alpha"))
+    components = ["transformer", "vae", *fam.text_encoder_names]
+
+    def models():
+        transformer = build(*_component(cfgs, folder, "transformer"), dtype=torch.bfloat16)
+        n = _lora_meta(transformer, list(lora[1]), lora[0], lora[2]) if lora[0] else 0
+        _mark(transformer)
+        vae = build(*_component(cfgs, folder, "vae"), dtype=torch.bfloat16)
+        encoders = [build(*_component(cfgs, folder, name)).requires_grad_(False) for name in fam.text_encoder_names]
+        return transformer, n, vae, encoders
+
+    model_key = ("editor", family, lora, json.dumps([_component(cfgs, folder, c) for c in components], sort_keys=True,
+                                                     default=str))
+    transformer, n_lora, vae, encoders = _memo(model_key, models)
     ft, tt, nft, ntt = weight_bytes(transformer, dtype, quantize)
     parts = [Part("transformer (frozen)", "frozen", ft, True,
                   f"{nft / 1e9:.2f} B params, {quantize if quantize != 'none' else str(dtype).replace('torch.', '')}"),
              Part("LoRA", "trainable", tt, True, f"{ntt / 1e6:.1f} M fp32; {n_lora} layers")]
-    vae = build(*_component(cfgs, folder, "vae"), dtype=torch.bfloat16)
     parts.append(Part("VAE", "helper", sum(p.numel() for p in vae.parameters()) * _dtype_bytes(dtype)))
     text_bytes, text_tokens, text_dim = 0.0, 0, transformer.config.joint_attention_dim
     placement = g.get("text_encoders", "gpu")
     qt = quantize if g.get("quantize_text_encoders", False) else "none"
-    for name in fam.text_encoder_names:
-        enc = build(*_component(cfgs, folder, name)).requires_grad_(False)
+    for enc in encoders:
         text_bytes += weight_bytes(enc, dtype, qt)[0]
     if family == "flux_kontext":
         text_tokens = int(g.get("max_sequence_length", 512))
@@ -348,41 +365,49 @@ def plan_editor(opt) -> dict:
                       f"placement {placement}" + (f", {qt}" if qt != "none" else "")))
     parts += _grads_and_optimizer(ntt, t.optim_g.type, shard=True)
 
-    if gc:
-        transformer.enable_gradient_checkpointing()
-    h = w = res // 8  # VAE factor 8 for both families
-    n_img = (h // 2) * (w // 2)
-    with torch.device("meta"):
-        hidden = torch.randn(batch, 2 * n_img, transformer.config.in_channels, dtype=torch.bfloat16)
-        text = torch.randn(batch, text_tokens, text_dim, dtype=torch.bfloat16)
-        ts = torch.full((batch,), 0.5, dtype=torch.bfloat16)
-        img = torch.rand(batch, 3, res, res, dtype=torch.bfloat16)
-    with LiveBytes() as vae_sim, torch.no_grad(), fused_attention():  # HQ and LQ latents (no grad)
-        x = img.unsqueeze(2) if family == "qwen_image_edit" else img
-        vae.encode(x).latent_dist.mode()
-    with LiveBytes() as sim, fused_attention():
-        if family == "flux_kontext":
-            ids = torch.zeros(2 * n_img, 3, device="meta", dtype=torch.bfloat16)
-            out = transformer(hidden_states=hidden, timestep=ts, guidance=torch.ones(batch, device="meta"),
-                              pooled_projections=torch.randn(batch, transformer.config.pooled_projection_dim,
-                                                             device="meta", dtype=torch.bfloat16),
-                              encoder_hidden_states=text, txt_ids=torch.zeros(text_tokens, 3, device="meta",
-                                                                              dtype=torch.bfloat16),
-                              img_ids=ids, return_dict=False)[0]
+    def simulate():  # -> (VAE encoding peak, training-step activations peak)
+        if gc:
+            transformer.enable_gradient_checkpointing()
         else:
-            out = transformer(hidden_states=hidden, timestep=ts, encoder_hidden_states=text,
-                              encoder_hidden_states_mask=None, img_shapes=[[(1, h // 2, w // 2)] * 2] * batch,
-                              return_dict=False)[0]
-        out[:, :n_img].float().pow(2).mean().backward()
-    parts.append(Part(f"activations, {res}x{res} batch {batch}{', grad ckpt' if gc else ''}", "activations", sim.peak,
-                      False, f"{2 * n_img} image + {text_tokens} text tokens, meta simulation"))
+            transformer.disable_gradient_checkpointing()
+        for prm in transformer.parameters():  # a memoised model: no gradients left from its last run
+            prm.grad = None
+        h = w = res // 8  # VAE factor 8 for both families
+        n_img = (h // 2) * (w // 2)
+        with torch.device("meta"):
+            hidden = torch.randn(batch, 2 * n_img, transformer.config.in_channels, dtype=torch.bfloat16)
+            text = torch.randn(batch, text_tokens, text_dim, dtype=torch.bfloat16)
+            ts = torch.full((batch,), 0.5, dtype=torch.bfloat16)
+            img = torch.rand(batch, 3, res, res, dtype=torch.bfloat16)
+        with LiveBytes() as vae_sim, torch.no_grad(), fused_attention():  # HQ and LQ latents (no grad)
+            x = img.unsqueeze(2) if family == "qwen_image_edit" else img
+            vae.encode(x).latent_dist.mode()
+        with LiveBytes() as sim, fused_attention():
+            if family == "flux_kontext":
+                ids = torch.zeros(2 * n_img, 3, device="meta", dtype=torch.bfloat16)
+                out = transformer(hidden_states=hidden, timestep=ts, guidance=torch.ones(batch, device="meta"),
+                                  pooled_projections=torch.randn(batch, transformer.config.pooled_projection_dim,
+                                                                 device="meta", dtype=torch.bfloat16),
+                                  encoder_hidden_states=text, txt_ids=torch.zeros(text_tokens, 3, device="meta",
+                                                                                  dtype=torch.bfloat16),
+                                  img_ids=ids, return_dict=False)[0]
+            else:
+                out = transformer(hidden_states=hidden, timestep=ts, encoder_hidden_states=text,
+                                  encoder_hidden_states_mask=None, img_shapes=[[(1, h // 2, w // 2)] * 2] * batch,
+                                  return_dict=False)[0]
+            out[:, :n_img].float().pow(2).mean().backward()
+        return vae_sim.peak, sim.peak
+
+    vae_peak, act_peak = _memo((model_key, res, batch, gc, text_tokens), simulate)
+    parts.append(Part(f"activations, {res}x{res} batch {batch}{', grad ckpt' if gc else ''}", "activations", act_peak,
+                      False, f"{2 * (res // 16) ** 2} image + {text_tokens} text tokens, meta simulation"))
     # encoding the instruction (and, for Qwen, the image): the encoders' working set, estimated as a few of their
     # largest activations (prompt embeddings are cached for FLUX, so this is once; Qwen runs it every step)
     inter = 18944 if family == "qwen_image_edit" else 10240
     text_transient = 6 * batch * max(text_tokens, image_text_tokens * 4) * inter * _dtype_bytes(dtype)
     parts.append(Part("text encoding working set", "transient", text_transient, False,
                       "estimate; while the encoders run (not during the transformer step)"))
-    parts.append(Part("VAE encoding working set", "transient", vae_sim.peak, False,
+    parts.append(Part("VAE encoding working set", "transient", vae_peak, False,
                       "meta simulation, no grad; before the transformer step"))
     units = list(getattr(transformer, "_no_split_modules", None) or [])
     prompt_mode = g.get("prompt_mode", "fixed")
