@@ -296,3 +296,32 @@ def test_channels_last_trains_as_contiguous_and_resumes_exactly(demo_root, tmp_p
     assert any(v.dim() == 4 for v in ga.values())
     for k in ga:
         assert torch.allclose(ga[k], gc[k], rtol=1e-3, atol=1e-4), k
+
+
+def test_fp16_discriminator_has_its_own_loss_scale(demo_root, tmp_path):
+    """fp16's two GradScalers, with a real GradScaler on CPU (accelerate keeps none there): an overflow in D's
+    gradients skips D's update and halves D's scale only; G steps and keeps its scale; D's scaler is checkpointed."""
+    from accelerate import Accelerator
+
+    from ggt_ir.train.options import load_options
+    from ggt_ir.train.steps.gan import GANStep
+
+    o = load_options(write_options(tmp_path / "g.yml", gan_options(demo_root, tmp_path)))
+    torch.manual_seed(0)
+    acc = Accelerator()
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)  # what accelerate makes for fp16 on a GPU
+    step = GANStep(o, acc, logging.getLogger("test"))
+    assert step.optimizer.scaler is acc.scaler and step.optimizer_d.scaler is step.scaler_d is not acc.scaler
+    assert any(obj is step.scaler_d for obj in acc._custom_objects)
+    g = torch.Generator().manual_seed(1)
+    batch = {"lq": torch.rand(2, 3, 16, 16, generator=g), "gt": torch.rand(2, 3, 16, 16, generator=g)}
+    step.train_step(batch, it=1)
+    assert acc.scaler.get_scale() == step.scaler_d.get_scale() == 2.0 ** 10
+    trained = lambda net: {k: v.clone() for k, v in net.state_dict().items() if not k.endswith(("_u", "_v"))}  # noqa: E731
+    d0, g0 = trained(step.net_d), trained(step.net_g)
+    hook = step.net_d.conv9.weight.register_hook(lambda grad: grad * float("inf"))  # D's gradients overflow
+    step.train_step(batch, it=2)
+    hook.remove()
+    assert step.scaler_d.get_scale() == 2.0 ** 9 and acc.scaler.get_scale() == 2.0 ** 10
+    assert all(torch.equal(d0[k], v) for k, v in trained(step.net_d).items())  # D's update was skipped
+    assert any(not torch.equal(g0[k], v) for k, v in trained(step.net_g).items())  # G's was not
