@@ -1,4 +1,5 @@
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture
+def local_only(monkeypatch):
+    """Refuse every connection that does not go to 127.0.0.1 (the local test servers)."""
+    real = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise OSError(f"network access to {address} attempted in a test")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

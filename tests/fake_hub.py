@@ -236,3 +236,16 @@ class FakeHub:
             h.send_header(k, v)
         h.end_headers()
         h.wfile.write(body)
+
+
+def serve_as_hub(monkeypatch, tmp_path, **kwargs) -> FakeHub:
+    """A started FakeHub (``kwargs``: its faults), huggingface_hub pointed at it and allowed online, its cache
+    under ``tmp_path``. The caller stops it."""
+    import huggingface_hub.constants as hfc
+
+    server = FakeHub(**kwargs).start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return server

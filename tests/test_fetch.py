@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fake_hub import FakeHub
+from fake_hub import FakeHub, serve_as_hub
 from helpers import ROOT
 
 from ggt_ir.assets import datasets as D
@@ -46,29 +45,9 @@ def ggt_files() -> dict[str, bytes]:
 
 
 @pytest.fixture
-def local_only(monkeypatch):
-    """Refuse every connection that does not go to 127.0.0.1."""
-    real = socket.socket.connect
-
-    def connect(self, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise OSError(f"network access to {address} attempted in a test")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-
-
-@pytest.fixture
 def online(monkeypatch, tmp_path, local_only):
     """A fake Hub on 127.0.0.1, huggingface_hub pointed at it and allowed online, its cache in tmp_path."""
-    import huggingface_hub.constants as hfc
-
-    server = FakeHub(page_size=4).start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    server = serve_as_hub(monkeypatch, tmp_path, page_size=4)
     monkeypatch.chdir(tmp_path)
     yield server
     server.stop()

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from fake_hub import FakeHub
+from fake_hub import FakeHub, serve_as_hub
 from helpers import ROOT
 
 from ggt_ir.assets.weights import main as weights_main
@@ -33,27 +33,8 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture
-def local_only(monkeypatch):
-    real = socket.socket.connect
-
-    def connect(self, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise OSError(f"network access to {address} attempted in a test")
-        return real(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-
-
-@pytest.fixture
 def online(monkeypatch, tmp_path, local_only):
-    import huggingface_hub.constants as hfc
-
-    server = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    server = serve_as_hub(monkeypatch, tmp_path)
     monkeypatch.delenv("GGT_IR_WEIGHTS", raising=False)
     yield server
     server.stop()
