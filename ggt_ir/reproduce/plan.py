@@ -41,8 +41,8 @@ _TIME_RE = re.compile(r"time \(data\): ([0-9.]+) \(")
 # --------------------------------------------------------------------------- hashes
 def _hash_options_dict(d: dict) -> str:
     d = copy.deepcopy(d)
-    t = d.get("train") if isinstance(d.get("train"), dict) else {}
-    if "train" in d:  # unset = the defaults the run resolves them to (train/precedence.py)
+    t = d.get("train")
+    if isinstance(t, dict):  # unset = the defaults the run resolves them to (train/precedence.py)
         t["mixed_precision"] = t.get("mixed_precision") or "no"
         t["gradient_accumulation_steps"] = t.get("gradient_accumulation_steps") or 1
     for k in _UNHASHED_TOP:

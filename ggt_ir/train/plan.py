@@ -365,6 +365,9 @@ def plan_editor(opt) -> dict:
                       f"placement {placement}" + (f", {qt}" if qt != "none" else "")))
     parts += _grads_and_optimizer(ntt, t.optim_g.type, shard=True)
 
+    h = w = res // 8  # VAE factor 8 for both families
+    n_img = (h // 2) * (w // 2)
+
     def simulate():  # -> (VAE encoding peak, training-step activations peak)
         if gc:
             transformer.enable_gradient_checkpointing()
@@ -372,8 +375,6 @@ def plan_editor(opt) -> dict:
             transformer.disable_gradient_checkpointing()
         for prm in transformer.parameters():  # a memoised model: no gradients left from its last run
             prm.grad = None
-        h = w = res // 8  # VAE factor 8 for both families
-        n_img = (h // 2) * (w // 2)
         with torch.device("meta"):
             hidden = torch.randn(batch, 2 * n_img, transformer.config.in_channels, dtype=torch.bfloat16)
             text = torch.randn(batch, text_tokens, text_dim, dtype=torch.bfloat16)
@@ -400,7 +401,7 @@ def plan_editor(opt) -> dict:
 
     vae_peak, act_peak = _memo((model_key, res, batch, gc, text_tokens), simulate)
     parts.append(Part(f"activations, {res}x{res} batch {batch}{', grad ckpt' if gc else ''}", "activations", act_peak,
-                      False, f"{2 * (res // 16) ** 2} image + {text_tokens} text tokens, meta simulation"))
+                      False, f"{2 * n_img} image + {text_tokens} text tokens, meta simulation"))
     # encoding the instruction (and, for Qwen, the image): the encoders' working set, estimated as a few of their
     # largest activations (prompt embeddings are cached for FLUX, so this is once; Qwen runs it every step)
     inter = 18944 if family == "qwen_image_edit" else 10240
