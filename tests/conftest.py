@@ -1,6 +1,11 @@
+import gc
 import os
+import shutil
 import socket
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,52 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _room() -> tuple[float, float]:
+    """GiB free under the temp dir and GiB of memory available."""
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable")) / 2**20
+    except (OSError, StopIteration):
+        avail = float("nan")
+    return free, avail
+
+
+_LOWEST: dict = {}
+
+
+def _watch_the_room():
+    while True:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "collection").rsplit(" ", 1)[0]
+        for name, value in zip(("disk", "memory"), _room()):
+            if name not in _LOWEST or value < _LOWEST[name][0]:
+                _LOWEST[name] = (value, test)
+        time.sleep(1.0)
+
+
+def pytest_sessionstart(session):
+    threading.Thread(target=_watch_the_room, name="room", daemon=True).start()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The real-shape tests need ~9 GB of memory and write ~2 GB each under the temp dir: a run that fails for
+    lack of either says so at the end of its log, even under -q (sampled every second, with the test then running)."""
+    if len(_LOWEST) == 2:
+        (disk, at_disk), (mem, at_mem) = _LOWEST["disk"], _LOWEST["memory"]
+        terminalreporter.write_line(f"room: lowest {disk:.1f} GiB free under {tempfile.gettempdir()} (in "
+                                    f"{at_disk}), lowest {mem:.1f} GiB memory available (in {at_mem})")
+
+
+@pytest.fixture(autouse=True)
+def _release_a_failed_test():
+    """pytest keeps the last failure's traceback in sys.last_traceback until the next test's call phase, so a
+    failed test holding GBs of weights would hold them through the next test's setup as well."""
+    yield
+    if getattr(sys, "last_traceback", None) is not None:
+        sys.last_type = sys.last_value = sys.last_traceback = None
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

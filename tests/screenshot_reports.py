@@ -32,7 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+CHROMIUM_NAMES = ("chromium", "chromium-headless-shell", "chromium-browser", "google-chrome", "google-chrome-stable",
+                  "chrome", "headless_shell")
+# headless, as root, and quiet on a machine with no network (background requests would be refused many at a time)
+HEADLESS_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
+                  "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-quic")
 
 
 def find_chromium() -> str | None:
@@ -181,8 +186,7 @@ class Browser:
     def __init__(self, exe: str, width: int = 1280, height: int = 900):
         self.profile = Path(tempfile.mkdtemp(prefix="ggt_ir_chromium_"))
         self.log = open(self.profile / "chromium.log", "w")
-        self.proc = subprocess.Popen([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                                      "--no-first-run", "--no-default-browser-check", "--remote-debugging-port=0",
+        self.proc = subprocess.Popen([exe, *HEADLESS_FLAGS, "--remote-debugging-port=0",
                                       f"--user-data-dir={self.profile}",
                                       f"--window-size={width},{height}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=self.log)

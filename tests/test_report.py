@@ -4,7 +4,7 @@ demo data, two tiny SwinIRs, weight-free metrics).
 Read as HTML without a browser: one table row per image, grids for every category, every link resolves to
 a file, the viewer's data is complete, and the page stays light (only thumbnails and panels are <img>;
 full-size files are reached through the viewer). Then opened in headless Chromium, where one is installed
-(skipped otherwise; CI machines may have none; Debian: apt-get install chromium): sorting by a click, the
+(skipped otherwise; .ci/run installs Debian's chromium): sorting by a click, the
 full-size viewer (zoom, pan, slider, layers, keys), no script error, no missing file."""
 from __future__ import annotations
 

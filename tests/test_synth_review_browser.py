@@ -1,4 +1,4 @@
-"""The review page in a real headless Chromium (Debian's chromium-headless-shell / chromium; skipped without one):
+"""The review page in a real headless Chromium (Debian's chromium; skipped without one; .ci/run installs it):
 keyboard decisions, the write-back server, and a screenshot.
 
 As a script it screenshots the review page of a run:
@@ -9,24 +9,21 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome", "headless_shell")
-
-
-def browser() -> str | None:
-    return next((b for b in map(shutil.which, BROWSERS) if b), None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from screenshot_reports import CHROMIUM_NAMES, HEADLESS_FLAGS, find_chromium  # noqa: E402
 
 
 def chrome(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    exe = browser()
-    return subprocess.run([exe, "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=8000",
-                           *args], capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="ggt_ir_chromium_") as profile:
+        return subprocess.run([find_chromium(), *HEADLESS_FLAGS, f"--user-data-dir={profile}",
+                               "--virtual-time-budget=8000", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def screenshot(run: Path, out: Path, size: str = "1400,1000") -> Path:
@@ -46,7 +43,8 @@ def decisions_in(dom: str) -> dict:
     return json.loads(html.unescape(m.group(1)))
 
 
-needs_browser = pytest.mark.skipif(browser() is None, reason="no headless Chromium (apt install chromium-headless-shell)")
+needs_browser = pytest.mark.skipif(find_chromium() is None, reason="no Chromium on PATH (apt-get install chromium, "
+                                                                   "or set $CHROMIUM)")
 
 
 @pytest.fixture
@@ -116,6 +114,6 @@ def test_screenshot_of_the_review_page(review_run, tmp_path):
 
 
 if __name__ == "__main__":
-    if browser() is None:
-        sys.exit("no headless Chromium found (" + ", ".join(BROWSERS) + "): apt install chromium-headless-shell")
+    if find_chromium() is None:
+        sys.exit("no Chromium found (" + ", ".join(CHROMIUM_NAMES) + "): apt-get install chromium, or set $CHROMIUM")
     print(screenshot(Path(sys.argv[1]), Path(sys.argv[2])))
