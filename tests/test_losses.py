@@ -29,3 +29,15 @@ def test_losses_compose_with_weights_and_unique_names():
     assert [round(m(x, y).item(), 4) for m in losses.values()] == [1.0, 0.5, 2.0]
     with pytest.raises(ValueError, match="no loss configured"):
         build_losses(TrainOptions())
+
+
+@pytest.mark.parametrize("path, objective", [("options/train/FoundIR/foundir_ggt100k.yml", "FoundIR's own residual loss"),
+                                             ("options/train/EditorLoRA/flux_kontext_ggt100k.yml", "flow-matching")])
+def test_families_with_their_own_objective_refuse_image_losses_at_load(path, objective):
+    from ggt_ir.config import OptionsError
+    from ggt_ir.train.options import load_options
+
+    load_options(path, [], check_paths=False)
+    for extra in ("train.pixel_opt.type=L1Loss", "train.losses=[{type: MSELoss}]"):
+        with pytest.raises(OptionsError, match=f"{objective}.*remove train.pixel_opt / train.losses"):
+            load_options(path, [extra], check_paths=False)

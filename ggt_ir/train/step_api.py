@@ -8,7 +8,8 @@ networks, losses and optimizers. A step subclasses :class:`Step` and provides:
 * ``options`` (class attribute): the options dataclass its option files are typed against -- the
   core :class:`ggt_ir.train.options.Options`, or a subclass with the family's own keys;
   ``network_type`` (class attribute): the ``network_g.type`` it needs, or None for any pixel network;
-  ``check_options(opt, src)`` (classmethod): checks only this family knows, at load time;
+  ``check_options(opt, src)`` (classmethod): checks only this family knows, at load time; ``own_loss``
+  (class attribute): set by a family that computes its own objective and takes no image losses;
 * ``__init__(opt, accelerator, log)``: build networks (loading ``path.pretrain_network_g``), losses,
   optimizers and schedulers; ``accelerator.prepare`` what trains; register every extra stateful object
   (schedulers, EMA) with ``accelerator.register_for_checkpointing`` so ``save_state``/``load_state``
@@ -83,9 +84,18 @@ class Step:
     optimizer: torch.optim.Optimizer
     ema = None
 
+    #: the family's own objective, for a family that takes no image losses (None: it takes them)
+    own_loss: str | None = None
+
     @classmethod
     def check_options(cls, opt, src: str) -> None:
-        """Raise :class:`ggt_ir.config.OptionsError` for option combinations this family cannot train."""
+        """Raise :class:`ggt_ir.config.OptionsError` for option combinations this family cannot train.
+        Subclasses extend it (``super().check_options(opt, src)``)."""
+        if cls.own_loss and (opt.train.pixel_opt or opt.train.losses):
+            from ggt_ir.config import OptionsError
+
+            raise OptionsError(f"{src}: model_type {opt.model_type} trains with {cls.own_loss}; "
+                               "remove train.pixel_opt / train.losses")
 
     # ------------------------------------------------------------------ shared helpers
     @staticmethod

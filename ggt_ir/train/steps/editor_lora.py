@@ -22,13 +22,11 @@ from ggt_ir.utils.fs import atomic_dir
 
 class EditorLoRAStep(Step):
     network_type = "EditorLoRA"
+    own_loss = "the flow-matching loss only"
 
     @classmethod
     def check_options(cls, opt, src: str) -> None:
-        t = opt.train
-        if t.pixel_opt or t.losses:
-            raise OptionsError(f"{src}: model_type editor_lora trains with the flow-matching loss only; "
-                               "remove train.pixel_opt / train.losses")
+        super().check_options(opt, src)
         from ggt_ir.generative.sharding import launched_with
 
         refusal = cls.refusal(launched_with(), opt)

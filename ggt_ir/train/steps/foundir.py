@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from ggt_ir.config import OptionsError
 from ggt_ir.train.step_api import NONFINITE, Step
 
 
 class FoundIRStep(Step):
     network_type = "FoundIR"
-
-    @classmethod
-    def check_options(cls, opt, src: str) -> None:
-        t = opt.train
-        if t.pixel_opt or t.losses:
-            raise OptionsError(f"{src}: model_type foundir trains with FoundIR's own residual loss; "
-                               "remove train.pixel_opt / train.losses")
+    own_loss = "FoundIR's own residual loss"
 
     def __init__(self, opt, accelerator, log):
         self.opt, self.acc = opt, accelerator
