@@ -1,6 +1,7 @@
 """Architectures through spandrel: RRDBNet, HAT, DAT, SCUNet and SPAN (tiny configs) build, train, save and reload
-(also through load_weights and as a detected {type: Spandrel}); BasicSR's RRDBNet releases load and give BasicSR's
-outputs; the trainer trains a spandrel network and finetunes from a detected checkpoint."""
+(also through load_weights and as a detected {type: Spandrel}) and run through `ggt-ir restore`; BasicSR's RRDBNet
+releases load and give BasicSR's outputs; the trainer trains a spandrel network and finetunes from a detected
+checkpoint."""
 from __future__ import annotations
 
 import pytest
@@ -62,6 +63,30 @@ def test_spandrel_arch_trains_saves_and_reloads(arch, tmp_path):
         assert target.arch == net.arch and target.scale == net.scale and target.pad_multiple == net.pad_multiple
 
 
+@pytest.mark.parametrize("arch", list(TINY))
+def test_ggt_ir_restore_runs_each_spandrel_arch(arch, tmp_path):
+    """`ggt-ir restore` on a folder, with the architecture named (--arch Spandrel --arch-kwargs) and detected from
+    the checkpoint alone (--arch Spandrel): the PNGs it writes are the network's output, rounded to 8 bits."""
+    import json
+
+    from ggt_ir.cli import main
+    from ggt_ir.utils.image_io import read_image, save_png, tensor_to_uint8, to_tensor
+
+    torch.manual_seed(0)
+    net = build_network(spec(arch)).eval()
+    torch.save({"params": net.state_dict()}, tmp_path / "net.pth")
+    save_png(torch.rand(3, 20, 24), tmp_path / "lq" / "a.png")
+    with torch.no_grad():
+        want = tensor_to_uint8(net(to_tensor(read_image(tmp_path / "lq" / "a.png"))[None]))
+    for form, extra in (("named", ["--arch-kwargs", json.dumps({"arch": arch, **TINY[arch]})]), ("detected", [])):
+        out = tmp_path / form
+        assert main(["restore", str(tmp_path / "lq"), "-o", str(out), "--arch", "Spandrel", *extra,
+                     "--weights", str(tmp_path / "net.pth")]) == 0
+        got = (read_image(out / "a.png") * 255).round()
+        assert got.shape == want.shape == (20 * SCALES[arch], 24 * SCALES[arch], 3), (form, got.shape)
+        assert abs(got - want.astype(float)).max() <= 1, form
+
+
 @pytest.mark.parametrize("scale", [4, 1])
 def test_basicsr_rrdbnet_release_layout_loads_and_matches_basicsr(scale, tmp_path):
     """BasicSR's RRDBNet (Real-ESRGAN's generator, new-arch keys): detected, or converted into arch: RRDBNet with
@@ -83,10 +108,7 @@ def test_basicsr_rrdbnet_release_layout_loads_and_matches_basicsr(scale, tmp_pat
 
 
 def test_tiler_and_loader_see_pad_multiple_and_scale():
-    try:  # the tiler's home after the restructuring; the names stay
-        from ggt_ir.utils.tiling import model_pad_multiple, model_scale, tiled_forward
-    except ImportError:
-        from ggt_ir.utils.tiling import model_pad_multiple, model_scale, tiled_forward
+    from ggt_ir.utils.tiling import model_pad_multiple, model_scale, tiled_forward
 
     net = build_network(spec("SPAN")).eval()
     assert model_scale(net) == 2 and model_pad_multiple(net) == 1
