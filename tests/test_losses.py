@@ -41,3 +41,7 @@ def test_families_with_their_own_objective_refuse_image_losses_at_load(path, obj
     for extra in ("train.pixel_opt.type=L1Loss", "train.losses=[{type: MSELoss}]"):
         with pytest.raises(OptionsError, match=f"{objective}.*remove train.pixel_opt / train.losses"):
             load_options(path, [extra], check_paths=False)
+    # reported in one error with the file's other problems (here the data folders this machine lacks)
+    with pytest.raises(OptionsError, match=r"(?s)problems:.*remove train.pixel_opt.*not found") as e:
+        load_options(path, ["train.pixel_opt.type=L1Loss", "datasets.val.dataroot=/nonexistent/ggt"])
+    assert "/nonexistent/ggt" in str(e.value)

@@ -168,6 +168,7 @@ def load_options(
         problems.add("no 'datasets.train' block: name the training data "
                      "(e.g. datasets: {train: {type: PairedFolder, dataroot: ...}})")
     typed_sets = {}
+    missing = Problems(src)  # missing files: reported with the step's own checks, which do not need them
     for name, block in datasets.items():
         kp = f"datasets.{name}"
         if not (name == "train" or name.startswith("val") or name.startswith("test")):
@@ -177,7 +178,8 @@ def load_options(
             typed = DATASETS.check(block, src, kp, defaults={"scale": scale, "name": name})
             typed_sets[name] = typed
             if check_paths:
-                typed.check(src, kp)
+                with missing.collect():
+                    typed.check(src, kp)
 
     network_g = opt.network_g if opt is not None else raw.get("network_g")
     arch_cls = None
@@ -203,7 +205,9 @@ def load_options(
         for tr in opt.logger.trackers:
             if tr not in TRACKERS:
                 problems.add(f"'logger.trackers' has {tr!r}; expected any of {', '.join(TRACKERS)}")
-    problems.raise_if_any()
+    if problems:
+        problems.items += missing.items
+        problems.raise_if_any()
 
     opt.datasets = typed_sets
     if arch_cls is not None:
@@ -212,6 +216,7 @@ def load_options(
     t.pixel_opt, t.losses = typed_pixel, typed_losses
     with problems.collect():
         step_cls.check_options(opt, src)
+    problems.items += missing.items
     problems.raise_if_any()
     if debug:
         apply_debug(opt)
